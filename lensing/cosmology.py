@@ -1,0 +1,97 @@
+"""Lens geometry: distances, critical densities and angle conversions, all from astropy.
+
+Every physical quantity in the project is expressed in Msun and physical kpc. A `LensGeometry`
+is cheap to build and cached per (z_lens, z_source, H0, Om0), so callers can ask for one freely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import astropy.units as u
+from astropy.constants import G, c
+from astropy.cosmology import FlatLambdaCDM
+
+DEFAULT_Z_LENS = 0.5
+DEFAULT_Z_SOURCE = 2.0
+DEFAULT_H0 = 70.0
+DEFAULT_OM0 = 0.3
+
+_SIGMA_UNIT = u.Msun / u.kpc**2
+_RHO_UNIT = u.Msun / u.kpc**3
+
+
+@dataclass(frozen=True)
+class LensGeometry:
+    """Distances and densities of one lens/source configuration (DESIGN.md section 3).
+
+    Attributes are plain floats in Msun and physical kpc so that numpy and torch code can use them
+    without unit bookkeeping; `astropy.units` is used only while computing them.
+    """
+
+    z_lens: float
+    z_source: float
+    H0: float
+    Om0: float
+    D_l_kpc: float
+    D_s_kpc: float
+    D_ls_kpc: float
+    sigma_crit: float  # Msun / kpc^2
+    rho_crit: float  # Msun / kpc^3, critical density at z_lens
+    kpc_per_arcsec: float
+
+    def kpc_to_arcsec(self, length_kpc):
+        """Convert a physical length on the lens plane to an angle in arcsec."""
+        return length_kpc / self.kpc_per_arcsec
+
+    def arcsec_to_kpc(self, angle_arcsec):
+        """Convert an angle in arcsec to a physical length on the lens plane."""
+        return angle_arcsec * self.kpc_per_arcsec
+
+
+def _check_redshifts(z_lens: float, z_source: float) -> None:
+    for name, value in (("z_lens", z_lens), ("z_source", z_source)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite positive redshift, got {value!r}")
+    if z_source <= z_lens:
+        raise ValueError(f"z_source ({z_source}) must be larger than z_lens ({z_lens})")
+
+
+@lru_cache(maxsize=256)
+def lens_geometry(
+    z_lens: float = DEFAULT_Z_LENS,
+    z_source: float = DEFAULT_Z_SOURCE,
+    H0: float = DEFAULT_H0,
+    Om0: float = DEFAULT_OM0,
+) -> LensGeometry:
+    """Return the (cached) geometry for a flat LambdaCDM cosmology.
+
+    Sigma_cr = c^2 D_s / (4 pi G D_l D_ls); rho_crit is evaluated at z_lens.
+    """
+    z_lens, z_source = float(z_lens), float(z_source)
+    _check_redshifts(z_lens, z_source)
+    if not (math.isfinite(H0) and H0 > 0):
+        raise ValueError(f"H0 must be positive, got {H0!r}")
+    if not (math.isfinite(Om0) and 0 < Om0 <= 1):
+        raise ValueError(f"Om0 must be in (0, 1], got {Om0!r}")
+    cosmo = FlatLambdaCDM(H0=H0, Om0=Om0)
+    d_l = cosmo.angular_diameter_distance(z_lens)
+    d_s = cosmo.angular_diameter_distance(z_source)
+    d_ls = cosmo.angular_diameter_distance(z_lens, z_source)
+    sigma_crit = (c**2 * d_s / (4 * math.pi * G * d_l * d_ls)).to(_SIGMA_UNIT)
+    rho_crit = cosmo.critical_density(z_lens).to(_RHO_UNIT)
+    kpc_per_arcsec = (d_l * (1 * u.arcsec).to(u.rad).value).to(u.kpc)
+    return LensGeometry(
+        z_lens=z_lens,
+        z_source=z_source,
+        H0=float(H0),
+        Om0=float(Om0),
+        D_l_kpc=float(d_l.to_value(u.kpc)),
+        D_s_kpc=float(d_s.to_value(u.kpc)),
+        D_ls_kpc=float(d_ls.to_value(u.kpc)),
+        sigma_crit=float(sigma_crit.value),
+        rho_crit=float(rho_crit.value),
+        kpc_per_arcsec=float(kpc_per_arcsec.value),
+    )

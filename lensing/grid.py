@@ -1,0 +1,44 @@
+"""Pixel grids and the elliptical radius (DESIGN.md section 3 conventions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .nfw_math import namespace
+
+DEFAULT_FOV_KPC = 1000.0
+
+
+def pixel_centres(grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+    """1-D pixel-centre coordinates (kpc): (i - (N-1)/2) * fov / N."""
+    if int(grid_size) != grid_size or grid_size < 1:
+        raise ValueError(f"grid_size must be a positive integer, got {grid_size!r}")
+    if not (math.isfinite(fov_kpc) and fov_kpc > 0):
+        raise ValueError(f"fov_kpc must be finite and positive, got {fov_kpc!r}")
+    n = int(grid_size)
+    return (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * (fov_kpc / n)
+
+
+def pixel_grid(grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> tuple[np.ndarray, np.ndarray]:
+    """Square grid (X, Y) in kpc; map[i][j] lies at (X[i][j], Y[i][j]), X along j, Y along i."""
+    centres = pixel_centres(grid_size, fov_kpc)
+    return np.meshgrid(centres, centres, indexing="xy")
+
+
+def q_from_ellipticity(e):
+    """Axis ratio q = (1 - e) / (1 + e)."""
+    return (1 - e) / (1 + e)
+
+
+def elliptical_radius(x, y, q, phi_rad):
+    """xi = sqrt(q x'^2 + y'^2 / q) in the frame rotated by the position angle phi (radians, CCW from +x).
+
+    Works for numpy arrays and torch tensors; q and phi broadcast against x and y.
+    """
+    xp = namespace(x)
+    cos_phi, sin_phi = xp.cos(phi_rad), xp.sin(phi_rad)
+    x_rot = x * cos_phi + y * sin_phi
+    y_rot = -x * sin_phi + y * cos_phi
+    return xp.sqrt(q * x_rot**2 + y_rot**2 / q)

@@ -1,0 +1,267 @@
+"""Synthetic convergence maps: one exact float64 map, or large batches rendered in torch.
+
+`generate_map` serves the API's /synthetic (map, X, Y in kpc, metadata, parameters, geometry);
+`sample_hosts` + `generate_batch` serve training, sweeps and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
+from .grid import DEFAULT_FOV_KPC, pixel_grid
+from .halo import (
+    ELLIPTICITY_RANGE,
+    MASS_RANGE,
+    SCALE_RADIUS_RANGE,
+    HaloParameters,
+    characteristic_density,
+    check_finite_positive,
+    check_host_box,
+    check_in_range,
+    r200_from_mass,
+)
+from .profiles import PROFILE_TYPES, TruncatedNFW, host_profile
+from .render import add_subhalos, render_hosts
+from .scenarios import SCENARIO_CLASS, SCENARIOS, ScenarioRealisation, draw_scenario
+
+GRID_SIZE_LIMITS = (8, 1024)
+NO_SCENARIO = -1  # class id of a smooth host
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """Everything that defines one synthetic map; validated on construction (ValueError names the field)."""
+
+    profile_type: str = "NFW"
+    M_vir: float = 1e12
+    scale_radius: float = 200.0
+    ellipticity: float = 0.0
+    position_angle: float = 0.0  # degrees, counter-clockwise from +x
+    grid_size: int = 64
+    fov_kpc: float = DEFAULT_FOV_KPC
+    z_lens: float = DEFAULT_Z_LENS
+    z_source: float = DEFAULT_Z_SOURCE
+    scenario: str | None = None
+    seed: int | None = None
+    noise_sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.profile_type not in PROFILE_TYPES:
+            raise ValueError(f"profile_type must be one of {PROFILE_TYPES}, got {self.profile_type!r}")
+        check_host_box(self.M_vir, self.scale_radius, self.ellipticity)
+        if self.profile_type == "NFW" and self.ellipticity != 0:
+            raise ValueError("ellipticity must be 0 for profile_type 'NFW'; use 'Elliptical NFW'")
+        check_in_range("position_angle", self.position_angle, (-360.0, 360.0))
+        if isinstance(self.grid_size, bool) or int(self.grid_size) != self.grid_size:
+            raise ValueError(f"grid_size must be an integer, got {self.grid_size!r}")
+        check_in_range("grid_size", self.grid_size, GRID_SIZE_LIMITS)
+        check_finite_positive("fov_kpc", self.fov_kpc)
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS} or null, got {self.scenario!r}")
+        check_in_range("noise_sigma", self.noise_sigma, (0.0, 10.0))
+        lens_geometry(self.z_lens, self.z_source)  # validates the redshifts
+
+    @property
+    def geometry(self) -> LensGeometry:
+        return lens_geometry(self.z_lens, self.z_source)
+
+
+@dataclass
+class SyntheticMap:
+    """A generated map with its grid (kpc), the halo it came from and its scenario draw."""
+
+    request: MapRequest
+    convergence: np.ndarray
+    x_kpc: np.ndarray
+    y_kpc: np.ndarray
+    halo: HaloParameters
+    scenario: ScenarioRealisation | None = None
+    noise: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def geometry(self) -> LensGeometry:
+        return self.halo.geometry
+
+    @property
+    def pixel_scale_kpc(self) -> float:
+        return self.request.fov_kpc / self.request.grid_size
+
+    def coordinates_arcsec(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.geometry.kpc_to_arcsec(self.x_kpc), self.geometry.kpc_to_arcsec(self.y_kpc)
+
+    def parameters(self) -> dict:
+        """True host parameters and derived NFW quantities."""
+        return {
+            "M_vir": self.halo.M_vir,
+            "scale_radius": self.halo.r_s,
+            "ellipticity": self.request.ellipticity,
+            "position_angle": self.request.position_angle,
+            "concentration": self.halo.concentration,
+            "r200_kpc": self.halo.r200,
+            "rho_s": self.halo.rho_s,
+            "kappa_s": self.halo.kappa_s,
+            "scenario": self.request.scenario,
+            "core_fraction": self.scenario.core_fraction if self.scenario else None,
+            "n_subhalos": len(self.scenario.subhalos) if self.scenario else 0,
+        }
+
+    def geometry_dict(self) -> dict:
+        g = self.geometry
+        return {
+            "z_lens": g.z_lens,
+            "z_source": g.z_source,
+            "H0": g.H0,
+            "Om0": g.Om0,
+            "fov_kpc": self.request.fov_kpc,
+            "grid_size": self.request.grid_size,
+            "pixel_scale_kpc": self.pixel_scale_kpc,
+            "pixel_scale_arcsec": g.kpc_to_arcsec(self.pixel_scale_kpc),
+            "sigma_crit_msun_per_kpc2": g.sigma_crit,
+            "D_l_kpc": g.D_l_kpc,
+            "D_s_kpc": g.D_s_kpc,
+            "D_ls_kpc": g.D_ls_kpc,
+        }
+
+    def metadata(self) -> dict:
+        """The original specification's metadata block (min/max/mean) plus the request."""
+        return {
+            "profile_type": self.request.profile_type,
+            "mass": self.halo.M_vir,
+            "grid_size": self.request.grid_size,
+            "min_value": float(self.convergence.min()),
+            "max_value": float(self.convergence.max()),
+            "mean_value": float(self.convergence.mean()),
+            "request": asdict(self.request),
+        }
+
+
+def generate_map(request: MapRequest) -> SyntheticMap:
+    """Render one map exactly (float64): host, optional scenario, optional Gaussian noise."""
+    geometry = request.geometry
+    halo = HaloParameters(request.M_vir, request.scale_radius, geometry)
+    rng = np.random.default_rng(request.seed)
+    scenario = (
+        draw_scenario(request.scenario, halo, request.ellipticity, request.position_angle, rng)
+        if request.scenario
+        else None
+    )
+    x, y = pixel_grid(request.grid_size, request.fov_kpc)
+    host = host_profile(
+        request.profile_type,
+        halo,
+        request.ellipticity,
+        request.position_angle,
+        core_fraction=scenario.core_fraction if scenario else None,
+    )
+    kappa = host.convergence(x, y)
+    if scenario is not None:
+        sub = scenario.subhalos
+        for k in range(len(sub)):
+            kappa = kappa + TruncatedNFW(sub.kappa_s[k], sub.r_s[k], sub.tau[k], sub.x[k], sub.y[k]).convergence(x, y)
+    noise = None
+    if request.noise_sigma > 0:
+        noise = rng.normal(0.0, request.noise_sigma, kappa.shape)
+        kappa = kappa + noise
+    return SyntheticMap(request, kappa, x, y, halo, scenario, noise)
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+@dataclass
+class HostBatch:
+    """Host parameters of a batch of maps, one entry per map (numpy arrays of shape (B,))."""
+
+    M_vir: np.ndarray
+    scale_radius: np.ndarray
+    ellipticity: np.ndarray
+    position_angle: np.ndarray  # degrees
+    scenario: np.ndarray  # class id per map, NO_SCENARIO (-1) for a smooth host
+    seed: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.M_vir.size)
+
+    def subset(self, index) -> "HostBatch":
+        return HostBatch(**{k: np.asarray(v)[index] for k, v in asdict(self).items()})
+
+
+def sample_hosts(
+    n: int,
+    rng: np.random.Generator | int | None = None,
+    scenario_probability: float = 0.0,
+    mass_range: tuple[float, float] = MASS_RANGE,
+    scale_radius_range: tuple[float, float] = SCALE_RADIUS_RANGE,
+    ellipticity_range: tuple[float, float] = ELLIPTICITY_RANGE,
+) -> HostBatch:
+    """Draw hosts over the box: M_vir and r_s log-uniform, e uniform, position angle uniform in [0, 180).
+
+    A fraction `scenario_probability` of the maps gets a scenario, the three classes equally often.
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    log_mass = rng.uniform(np.log10(mass_range[0]), np.log10(mass_range[1]), n)
+    log_rs = rng.uniform(np.log10(scale_radius_range[0]), np.log10(scale_radius_range[1]), n)
+    ellipticity = rng.uniform(*ellipticity_range, n)
+    angle = rng.uniform(0.0, 180.0, n)
+    scenario = np.where(rng.random(n) < scenario_probability, rng.integers(0, len(SCENARIOS), n), NO_SCENARIO)
+    seed = rng.integers(0, 2**62, n)
+    return HostBatch(10**log_mass, 10**log_rs, ellipticity, angle, scenario, seed)
+
+
+def kappa_s_of(M_vir: np.ndarray, scale_radius: np.ndarray, geometry: LensGeometry) -> np.ndarray:
+    """Vectorised kappa_s for arrays of M_200c and r_s (kpc)."""
+    concentration = r200_from_mass(M_vir, geometry.rho_crit) / scale_radius
+    return characteristic_density(concentration, geometry.rho_crit) * scale_radius / geometry.sigma_crit
+
+
+def generate_batch(
+    hosts: HostBatch,
+    grid_size: int = 64,
+    fov_kpc: float = DEFAULT_FOV_KPC,
+    geometry: LensGeometry | None = None,
+    noise_sigma: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Render a batch of maps (B, N, N) in torch: hosts, their scenario draws, optional noise.
+
+    Scenario draws use each map's own seed, so map k equals `generate_map` for the same parameters.
+    """
+    geometry = geometry or lens_geometry()
+    check_finite_positive("fov_kpc", fov_kpc)
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float64), dtype=dtype, device=device)  # noqa: E731
+    kappa_s = kappa_s_of(hosts.M_vir, hosts.scale_radius, geometry)
+    core = np.zeros(len(hosts))
+    sub_index, sub_params = [], []
+    for k in np.flatnonzero(hosts.scenario >= 0):
+        halo = HaloParameters(float(hosts.M_vir[k]), float(hosts.scale_radius[k]), geometry)
+        draw = draw_scenario(
+            SCENARIOS[hosts.scenario[k]], halo, float(hosts.ellipticity[k]), float(hosts.position_angle[k]),
+            np.random.default_rng(int(hosts.seed[k])),
+        )
+        core[k] = draw.core_fraction or 0.0
+        s = draw.subhalos
+        sub_index.append(np.full(len(s), k))
+        sub_params.append(np.stack([s.x, s.y, s.kappa_s, s.r_s, s.tau]))
+    maps = render_hosts(
+        as_tensor(kappa_s),
+        as_tensor(hosts.scale_radius / fov_kpc),
+        as_tensor(hosts.ellipticity),
+        as_tensor(np.radians(hosts.position_angle)),
+        grid_size,
+        core_fraction=as_tensor(core) if core.any() else None,
+    )
+    if sub_index:
+        index = torch.as_tensor(np.concatenate(sub_index), dtype=torch.long, device=device)
+        x, y, ks, rs, tau = np.concatenate(sub_params, axis=1)
+        maps = add_subhalos(maps, index, as_tensor(x / fov_kpc), as_tensor(y / fov_kpc), as_tensor(ks),
+                            as_tensor(rs / fov_kpc), as_tensor(tau))
+    if noise_sigma > 0:
+        maps = maps + noise_sigma * torch.randn(maps.shape, dtype=dtype, device=device, generator=generator)
+    return maps
