@@ -1,0 +1,249 @@
+"""Reading and writing convergence maps: .npy, FITS (with the lens geometry in the header) and PNG.
+
+The HTTP API sends and receives maps as bodies (application/x-npy, application/fits, image/png), so
+every format has a bytes form; the path forms are thin wrappers. Every reader validates what it
+returns (`validate_map`): a finite, numeric, square 2-D float64 array, or a ValueError naming the problem.
+Pickled data is never loaded (`allow_pickle=False` throughout).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from .synthetic import SyntheticMap
+
+PathLike = str | os.PathLike
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def validate_map(array, name: str = "map") -> np.ndarray:
+    """Return `array` as a native float64 ndarray, or raise a ValueError naming `name` and the problem.
+
+    A map must be numeric (integer or float, not bool, complex or object), 2-D, square, non-empty
+    and finite (no NaN or Inf).
+    """
+    try:
+        values = np.asarray(array)
+    except ValueError:
+        raise ValueError(f"{name} is ragged: its rows have different lengths") from None
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must hold integers or floats, got dtype {values.dtype}")
+    if values.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got {values.ndim}-D with shape {values.shape}")
+    if values.shape[0] != values.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {values.shape}")
+    if values.size == 0:
+        raise ValueError(f"{name} is empty")
+    values = values.astype(np.float64, copy=False)
+    if not np.isfinite(values).all():
+        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        raise ValueError(f"{name} must be finite, found {n_nan} NaN and {n_inf} Inf pixel(s)")
+    return values
+
+
+# --- .npy ----------------------------------------------------------------------------------------
+
+
+def to_npy_bytes(kappa: np.ndarray) -> bytes:
+    """Serialise a map as .npy bytes (float64)."""
+    buffer = io.BytesIO()
+    np.save(buffer, validate_map(kappa), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def from_npy_bytes(data: bytes) -> np.ndarray:
+    """Parse .npy bytes into a validated float64 map; object arrays and other pickles are refused."""
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise ValueError(f"not a valid .npy map: {exc}") from None
+    if not isinstance(loaded, np.ndarray):  # an .npz archive
+        raise ValueError("not a valid .npy map: got an .npz archive, expected a single array")
+    return validate_map(loaded)
+
+
+def save_npy(path: PathLike, kappa: np.ndarray) -> None:
+    """Write a map to a .npy file."""
+    with open(path, "wb") as handle:
+        handle.write(to_npy_bytes(kappa))
+
+
+def load_npy(path: PathLike) -> np.ndarray:
+    """Read a validated float64 map from a .npy file."""
+    with open(path, "rb") as handle:
+        return from_npy_bytes(handle.read())
+
+
+# --- FITS ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Card:
+    keyword: str
+    name: str  # key in SyntheticMap.parameters() / geometry_dict() / MapRequest, and in read_fits' dict
+    comment: str
+
+
+# Header cards written for every synthetic map; read_fits returns those present under `name`.
+# A value of None (no scenario, no seed, cuspy host) is written as an undefined card and read back as None.
+_CARDS = (
+    _Card("FOVKPC", "fov_kpc", "[kpc] side of the square field of view"),
+    _Card("PIXKPC", "pixel_scale_kpc", "[kpc] pixel side"),
+    _Card("PIXASEC", "pixel_scale_arcsec", "[arcsec] pixel side at the lens redshift"),
+    _Card("Z_LENS", "z_lens", "lens redshift"),
+    _Card("Z_SOURCE", "z_source", "source redshift"),
+    _Card("H0", "H0", "[km/s/Mpc] Hubble constant, flat LambdaCDM"),
+    _Card("OM0", "Om0", "matter density today, flat LambdaCDM"),
+    _Card("SIGCRIT", "sigma_crit_msun_per_kpc2", "[Msun/kpc2] critical surface density"),
+    _Card("PROFILE", "profile_type", "host profile"),
+    _Card("M_VIR", "M_vir", "[Msun] host M_200c"),
+    _Card("R_S", "scale_radius", "[kpc] host NFW scale radius"),
+    _Card("ELLIP", "ellipticity", "host (1-q)/(1+q), q = minor/major axes"),
+    _Card("PA", "position_angle", "[deg] host position angle, CCW from +x"),
+    _Card("CONC", "concentration", "host concentration r_200/r_s"),
+    _Card("R200", "r200_kpc", "[kpc] host r_200 (200 rho_crit at z_lens)"),
+    _Card("RHO_S", "rho_s", "[Msun/kpc3] host NFW characteristic density"),
+    _Card("KAPPA_S", "kappa_s", "host rho_s r_s / Sigma_cr"),
+    _Card("SCENARIO", "scenario", "CDM, WDM or SIDM; blank: smooth host"),
+    _Card("CORE_FR", "core_fraction", "SIDM core radius / r_s; blank: cuspy"),
+    _Card("N_SUB", "n_subhalos", "number of subhalos"),
+    _Card("SEED", "seed", "seed of scenario and noise; blank: none"),
+    _Card("NOISE", "noise_sigma", "sigma of the Gaussian noise added to kappa"),
+)
+
+
+def fits_header(smap: SyntheticMap) -> fits.Header:
+    """Header of a synthetic map: a linear WCS in kpc plus the geometry and host cards of `_CARDS`.
+
+    FITS pixel p (1-based) along an axis has centre CRVAL + (p - CRPIX) CDELT = (p - 1 - (N-1)/2) fov/N,
+    the pixel centres of DESIGN.md section 3; axis 1 is x (numpy axis 1), axis 2 is y (numpy axis 0).
+    Floats are written in the shortest form that round-trips (exact for every value of the API box);
+    FITS limits a value to 20 characters, so the rare longer one keeps 16 significant digits.
+    """
+    n = smap.request.grid_size
+    header = fits.Header()
+    header["BTYPE"] = ("kappa", "lensing convergence (dimensionless)")
+    for axis, label in ((1, "x"), (2, "y")):
+        header[f"CTYPE{axis}"] = (label.upper(), f"lens-plane {label} offset from halo centre")
+        header[f"CUNIT{axis}"] = ("kpc", "physical kpc at the lens redshift")
+        header[f"CRPIX{axis}"] = ((n + 1) / 2, "reference pixel: the map centre")
+        header[f"CRVAL{axis}"] = (0.0, "[kpc] coordinate of the reference pixel")
+        header[f"CDELT{axis}"] = (smap.pixel_scale_kpc, "[kpc] pixel side")
+    values = {**smap.geometry_dict(), **smap.parameters(), "seed": smap.request.seed,
+              "noise_sigma": smap.request.noise_sigma, "profile_type": smap.request.profile_type}
+    for card in _CARDS:
+        header[card.keyword] = (values[card.name], card.comment)
+    return header
+
+
+def to_fits_bytes(smap: SyntheticMap) -> bytes:
+    """Serialise a synthetic map as FITS: a float64 primary image with the header of `fits_header`."""
+    hdu = fits.PrimaryHDU(validate_map(smap.convergence), header=fits_header(smap))
+    buffer = io.BytesIO()
+    hdu.writeto(buffer)
+    return buffer.getvalue()
+
+
+def write_fits(path: PathLike, smap: SyntheticMap) -> None:
+    """Write a synthetic map to a FITS file."""
+    with open(path, "wb") as handle:
+        handle.write(to_fits_bytes(smap))
+
+
+def from_fits_bytes(data: bytes) -> tuple[np.ndarray, dict]:
+    """Parse FITS bytes: (validated float64 map, header-derived dict); see `read_fits`."""
+    try:
+        with fits.open(io.BytesIO(data)) as hdus:
+            hdu = next((h for h in hdus if h.is_image and h.data is not None), None)
+            if hdu is None:
+                raise ValueError("not a valid FITS map: no HDU holds image data")
+            image = np.array(hdu.data)
+            info = {card.name: hdu.header[card.keyword] for card in _CARDS if card.keyword in hdu.header}
+    except (OSError, TypeError) as exc:  # astropy: OSError for a corrupt file, TypeError for truncated data
+        raise ValueError(f"not a valid FITS map (corrupt or truncated): {exc}") from None
+    return validate_map(image, name="FITS image"), info
+
+
+def read_fits(source: PathLike | bytes) -> tuple[np.ndarray, dict]:
+    """Read a map from a FITS file path or FITS bytes: (float64 map, header-derived dict).
+
+    The map is the first HDU with image data. The dict holds, under the names of
+    `SyntheticMap.geometry_dict()` / `parameters()` (e.g. fov_kpc, z_lens, M_vir), those of our cards
+    that the header has, so a file written elsewhere yields what it carries and nothing invented.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        return from_fits_bytes(bytes(source))
+    with open(source, "rb") as handle:
+        return from_fits_bytes(handle.read())
+
+
+# --- PNG -----------------------------------------------------------------------------------------
+
+FIGURE_SIZE_INCHES = (6.0, 5.0)
+PNG_DPI = 100
+LOG_DYNAMIC_RANGE = 1e-4  # colour scale floor relative to the brightest pixel
+
+
+def map_title(smap: SyntheticMap) -> str:
+    """Title naming the host: M_vir, r_s, e and the scenario if any."""
+    title = (rf"$M_\mathrm{{vir}}$ = {smap.request.M_vir:.3g} $M_\odot$, "
+             rf"$r_s$ = {smap.request.scale_radius:.3g} kpc, $e$ = {smap.request.ellipticity:.2f}")
+    return f"{title}, {smap.request.scenario}" if smap.request.scenario else title
+
+
+def map_figure(kappa: np.ndarray, fov_kpc: float, title: str = "") -> Figure:
+    """A figure of the map on a log colour scale with a kappa colour bar and x, y axes in kpc.
+
+    A log scale cannot show kappa <= 0 (noise makes such pixels), so the scale runs from a floor to
+    the brightest pixel: the faintest positive pixel, but at least LOG_DYNAMIC_RANGE x the brightest
+    and at most a tenth of it (so a flat map still renders); pixels below the floor, the non-positive
+    ones included, are clipped to it. The figure is a bare `Figure` (no pyplot state).
+    """
+    kappa = validate_map(kappa)
+    if not (math.isfinite(fov_kpc) and fov_kpc > 0):
+        raise ValueError(f"fov_kpc must be finite and positive, got {fov_kpc!r}")
+    positive = kappa[kappa > 0]
+    vmax = float(positive.max()) if positive.size else 1.0
+    vmin = float(np.clip(positive.min(), vmax * LOG_DYNAMIC_RANGE, vmax / 10)) if positive.size else vmax / 10
+    half = fov_kpc / 2  # pixel edges: the centres sit half a pixel inside
+    figure = Figure(figsize=FIGURE_SIZE_INCHES, dpi=PNG_DPI, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(np.clip(kappa, vmin, None), origin="lower", extent=(-half, half, -half, half),
+                        norm=LogNorm(vmin=vmin, vmax=vmax), cmap="viridis", interpolation="nearest")
+    axes.set_xlabel("x [kpc]")
+    axes.set_ylabel("y [kpc]")
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, label=r"convergence $\kappa$")
+    return figure
+
+
+def render_png(source: SyntheticMap | np.ndarray, fov_kpc: float | None = None, title: str | None = None) -> bytes:
+    """PNG bytes of a synthetic map, or of a bare map array with its `fov_kpc` (required then) and title."""
+    if isinstance(source, SyntheticMap):
+        kappa = source.convergence
+        fov_kpc = source.request.fov_kpc if fov_kpc is None else fov_kpc
+        title = map_title(source) if title is None else title
+    else:
+        kappa = source
+        if fov_kpc is None:
+            raise ValueError("fov_kpc is required to render a bare map array")
+    buffer = io.BytesIO()
+    map_figure(kappa, fov_kpc, title or "").savefig(buffer, format="png", dpi=PNG_DPI)
+    return buffer.getvalue()
+
+
+def save_png(path: PathLike, source: SyntheticMap | np.ndarray, fov_kpc: float | None = None,
+             title: str | None = None) -> None:
+    """Write `render_png(source, fov_kpc, title)` to a file."""
+    with open(path, "wb") as handle:
+        handle.write(render_png(source, fov_kpc, title))
