@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
-from .pinn import train
+from .pinn import calibration, evaluate, train
 from .halo import ELLIPTICITY_RANGE, MASS_RANGE, SCALE_RADIUS_RANGE
 from .io import save_npy, save_png, write_fits
 from .profiles import PROFILE_TYPES
@@ -123,7 +123,7 @@ def _fail(message: str, code: int) -> int:
 
 
 # Each entry registers one subcommand; add yours here.
-SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (add_generate_parser, train.add_parser)
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (add_generate_parser, train.add_parser, calibration.add_parser, evaluate.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,3 +42,15 @@ def elliptical_radius(x, y, q, phi_rad):
     x_rot = x * cos_phi + y * sin_phi
     y_rot = -x * sin_phi + y * cos_phi
     return xp.sqrt(q * x_rot**2 + y_rot**2 / q)
+
+
+def elliptical_radius_components(x, y, e1, e2):
+    """xi for ellipticity components e1 = e cos 2 phi, e2 = e sin 2 phi, smooth (and differentiable) at e = 0.
+
+    Expanding q x'^2 + y'^2 / q with q = (1 - e) / (1 + e) gives
+    xi^2 = ((1 + e^2) r^2 - 2 [e1 (x^2 - y^2) + 2 e2 x y]) / (1 - e^2), free of sqrt(e) and atan2.
+    """
+    xp = namespace(x)
+    e_sq = e1**2 + e2**2
+    xi_sq = ((1 + e_sq) * (x**2 + y**2) - 2 * (e1 * (x**2 - y**2) + 2 * e2 * x * y)) / (1 - e_sq)
+    return xp.sqrt(xp.clip(xi_sq, 0.0, None) if xp is np else xi_sq.clamp(min=0.0))

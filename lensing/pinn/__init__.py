@@ -1,0 +1,1 @@
+"""The physics-informed neural network: encoding, model, training, calibration, refinement."""

@@ -1,0 +1,107 @@
+"""Dimensionless targets the PINN predicts, and their analytic conversion to physical parameters.
+
+theta = (log10 kappa_s, log10(r_s / fov), e1, e2) with e1 = e cos 2 phi, e2 = e sin 2 phi. A map's
+pixels depend on the host only through theta, so one network serves any z_lens, z_source and fov_kpc:
+M_vir and c follow from (kappa_s, r_s) through DESIGN.md section 3 (`mass_from_lensing`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..cosmology import LensGeometry
+from ..halo import mass_from_lensing
+from ..synthetic import HostBatch, kappa_s_of
+
+THETA_NAMES = ("log10_kappa_s", "log10_rs_over_fov", "e1", "e2")
+# Regressed quantities whose accuracy and coverage are reported, in the space the errors are measured.
+REPORTED = ("log10_M_vir", "log10_r_s", "ellipticity")
+
+
+@dataclass(frozen=True)
+class ThetaScaler:
+    """Affine standardisation of theta for the network's output layer (fixed, stored in the card)."""
+
+    mean: tuple[float, ...] = (-1.8, -0.8, 0.0, 0.0)
+    scale: tuple[float, ...] = (0.6, 0.35, 0.2, 0.2)
+
+    def standardise(self, theta: torch.Tensor) -> torch.Tensor:
+        return (theta - theta.new_tensor(self.mean)) / theta.new_tensor(self.scale)
+
+    def unstandardise(self, z: torch.Tensor) -> torch.Tensor:
+        return z * z.new_tensor(self.scale) + z.new_tensor(self.mean)
+
+
+def theta_from_hosts(hosts: HostBatch, geometry: LensGeometry, fov_kpc: float) -> np.ndarray:
+    """True theta (B, 4) of a batch of hosts."""
+    kappa_s = kappa_s_of(hosts.M_vir, hosts.scale_radius, geometry)
+    two_phi = np.radians(2.0 * hosts.position_angle)
+    return np.stack(
+        [
+            np.log10(kappa_s),
+            np.log10(hosts.scale_radius / fov_kpc),
+            hosts.ellipticity * np.cos(two_phi),
+            hosts.ellipticity * np.sin(two_phi),
+        ],
+        axis=-1,
+    )
+
+
+def physical_from_theta(theta, geometry: LensGeometry, fov_kpc):
+    """Physical parameters from theta (..., 4), numpy or torch: dict of M_vir, r_s, c, e, position_angle.
+
+    `fov_kpc` may be a float or an array broadcasting against theta[..., 0].
+    """
+    is_torch = isinstance(theta, torch.Tensor)
+    xp = torch if is_torch else np
+    kappa_s = 10.0 ** theta[..., 0]
+    r_s = 10.0 ** theta[..., 1] * fov_kpc
+    mass, concentration = mass_from_lensing(kappa_s, r_s, geometry)
+    e1, e2 = theta[..., 2], theta[..., 3]
+    ellipticity = xp.sqrt(e1**2 + e2**2)
+    angle = xp.remainder(xp.rad2deg(0.5 * xp.arctan2(e2, e1)), 180.0)
+    return {"M_vir": mass, "r_s": r_s, "concentration": concentration, "ellipticity": ellipticity, "position_angle": angle}
+
+
+def reported_from_physical(physical: dict) -> dict:
+    """The quantities in which accuracy and coverage are measured (log10 M, log10 r_s, e)."""
+    xp = torch if isinstance(physical["M_vir"], torch.Tensor) else np
+    return {
+        "log10_M_vir": xp.log10(physical["M_vir"]),
+        "log10_r_s": xp.log10(physical["r_s"]),
+        "ellipticity": physical["ellipticity"],
+    }
+
+
+def reported_array(theta: np.ndarray, geometry: LensGeometry, fov_kpc) -> np.ndarray:
+    """theta (B, 4) -> (B, 3) in the REPORTED space."""
+    reported = reported_from_physical(physical_from_theta(theta, geometry, fov_kpc))
+    return np.stack([reported[name] for name in REPORTED], axis=-1)
+
+
+def reported_std_from_covariance(theta: np.ndarray, covariance: np.ndarray, geometry: LensGeometry, fov_kpc,
+                                 step: float = 1e-5) -> np.ndarray:
+    """Standard deviations (B, 3) in REPORTED space for a theta covariance (B, 4, 4) (delta method,
+    with the Jacobian of the analytic conversion from central differences)."""
+    columns = []
+    for k in range(theta.shape[1]):
+        shift = np.zeros_like(theta)
+        shift[:, k] = step
+        columns.append((reported_array(theta + shift, geometry, fov_kpc) - reported_array(theta - shift, geometry, fov_kpc))
+                       / (2 * step))
+    jacobian = np.stack(columns, axis=-1)  # (B, 3, 4)
+    variance = np.einsum("bik,bkl,bil->bi", jacobian, covariance, jacobian)
+    return np.sqrt(np.clip(variance, 0.0, None))
+
+
+def position_angle_distance(a, b):
+    """Smallest difference (degrees) between two axis orientations defined modulo 180."""
+    d = (np.asarray(a) - np.asarray(b)) % 180.0
+    return np.minimum(d, 180.0 - d)
+
+
+LN10 = math.log(10.0)

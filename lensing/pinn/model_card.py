@@ -1,0 +1,67 @@
+"""Markdown rendering of the model card JSON (what was trained, how, and what was measured)."""
+
+from __future__ import annotations
+
+import json
+
+
+def _table(rows: list[list[str]]) -> str:
+    header, *body = rows
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _metrics_section(metrics: dict) -> str:
+    parts = []
+    for name, block in metrics.items():
+        if not isinstance(block, dict) or "median_abs_dlog10_M" not in block:
+            continue
+        rows = [["quantity", "value"]]
+        for key in ("n_maps", "median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "scenario_accuracy"):
+            if key in block:
+                rows.append([key, f"{block[key]:.4g}" if isinstance(block[key], float) else str(block[key])])
+        for level in ("coverage_68", "coverage_95"):
+            if level in block:
+                rows.append([level, ", ".join(f"{k}: {v:.3f}" for k, v in block[level].items())])
+        parts.append(f"### {name}\n\n" + _table(rows))
+        if "confusion_matrix" in block:
+            parts.append("Confusion matrix (rows: true CDM, WDM, SIDM; columns: predicted)\n\n```\n"
+                         + "\n".join(str(r) for r in block["confusion_matrix"]) + "\n```")
+    return "\n\n".join(parts) or "Not evaluated yet."
+
+
+def render_markdown(card: dict) -> str:
+    """A human-readable card: training command, data recipe, seed, calibration, measured metrics."""
+    return f"""# Model card: {card.get('name', 'PINN')} {card.get('version', '')}
+
+{card.get('description', '')}
+
+- Weights: `pinn.safetensors`, SHA-256 `{card.get('sha256', '?')}` (checked on load).
+- Training command: `{card.get('training_command', '?')}`
+- Seed: {card.get('seed')}; training time of the last run: {card.get('training_seconds_this_run')} s.
+
+## Architecture
+
+```json
+{json.dumps(card.get('model_config', {}), indent=2)}
+```
+
+## Data recipe
+
+```json
+{json.dumps(card.get('data_recipe', {}), indent=2)}
+```
+
+## Calibration
+
+```json
+{json.dumps(card.get('calibration', {}), indent=2)}
+```
+
+## Measured metrics
+
+Produced by `{card.get('evaluation_command', 'lensing evaluate')}` on held-out seeds never used in training.
+
+{_metrics_section(card.get('metrics', {}))}
+"""
