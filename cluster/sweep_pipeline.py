@@ -1,0 +1,219 @@
+"""The sweep's work: shard inputs, one shard end to end (generate, infer, write), and the Ray Data run.
+
+Each shard is a pure function of (config, shard index): its hosts, scenario draws, noise and MC Dropout
+seeds all come from numpy's SeedSequence([seed, shard]), so a rerun with the same torch threads and
+device rewrites the same rows bit for bit.
+One Ray Data stage does it all in an actor pool (`ShardWorker`): the Predictor is loaded once per
+actor, maps are rendered on the actor's device and never cross the object store, and the actor writes
+its own Parquet shard; the driver only sees one small status row per shard.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from lensing.cosmology import lens_geometry
+from lensing.halo import r200_from_mass
+from lensing.predictor import MapGeometry, PredictionBatch, Predictor
+from lensing.scenarios import SCENARIO_CLASS, SCENARIOS
+from lensing.synthetic import NO_SCENARIO, HostBatch, generate_batch
+
+from .sweep_config import SMOOTH, GridSampling, SweepConfig
+from .sweep_store import SweepStore
+
+STAGES = ("generate", "infer", "write")
+
+
+@dataclass
+class ShardInputs:
+    """Everything that defines one shard's maps and their inference, derived from (seed, shard)."""
+
+    shard: int
+    map_index: np.ndarray  # (B,) global map indices
+    hosts: HostBatch  # host parameters, scenario class ids and per-map scenario seeds
+    noise_sigma: np.ndarray  # (B,)
+    noise_seed: int
+    dropout_seed: np.ndarray  # (B,) MC Dropout seed per map: a map's masks never depend on its shard-mates
+
+    @property
+    def scenario_label(self) -> np.ndarray:
+        labels = np.array((SMOOTH, *SCENARIOS), dtype=object)
+        return labels[self.hosts.scenario + 1]
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], n: int) -> np.ndarray:
+    return 10 ** rng.uniform(math.log10(bounds[0]), math.log10(bounds[1]), n)
+
+
+def _axis(bounds: tuple[float, float], points: int, log: bool) -> np.ndarray:
+    """Grid points over [low, high]; a single point sits in the middle (geometric middle when log)."""
+    low, high = bounds
+    if points == 1:
+        return np.array([math.sqrt(low * high) if log else 0.5 * (low + high)])
+    return np.geomspace(low, high, points) if log else np.linspace(low, high, points)
+
+
+def shard_inputs(config: SweepConfig, shard: int) -> ShardInputs:
+    """The inputs of shard `shard`: random draws or grid points, with seeds from (config.seed, shard)."""
+    span = config.shard_range(shard)
+    index = np.arange(span.start, span.stop, dtype=np.int64)
+    n = index.size
+    rng = np.random.default_rng([config.seed, shard])
+    scenario_codes = np.array([SCENARIO_CLASS.get(s, NO_SCENARIO) for s in config.scenarios])
+    noise_levels = np.asarray(config.noise_levels, dtype=np.float64)
+    box, sampling = config.box, config.sampling
+    if isinstance(sampling, GridSampling):
+        axes = (
+            _axis(box.M_vir, sampling.M_vir_points, log=True),
+            _axis(box.scale_radius, sampling.scale_radius_points, log=True),
+            _axis(box.ellipticity, sampling.ellipticity_points, log=False),
+        )
+        shape = (*(a.size for a in axes), scenario_codes.size, noise_levels.size)
+        m, r, e, s, k = np.unravel_index(index % math.prod(shape), shape)
+        mass, radius, ellipticity = axes[0][m], axes[1][r], axes[2][e]
+        scenario, noise = scenario_codes[s], noise_levels[k]
+    else:
+        mass = _log_uniform(rng, box.M_vir, n)
+        radius = _log_uniform(rng, box.scale_radius, n)
+        ellipticity = rng.uniform(*box.ellipticity, n)
+        scenario = scenario_codes[rng.integers(0, scenario_codes.size, n)]
+        noise = noise_levels[rng.integers(0, noise_levels.size, n)]
+    angle = rng.uniform(0.0, 180.0, n)
+    map_seed = rng.integers(0, 2**62, n)
+    dropout_seed = rng.integers(0, 2**62, n)
+    noise_seed = int(rng.integers(0, 2**62))
+    hosts = HostBatch(mass, radius, ellipticity, angle, scenario, map_seed)
+    return ShardInputs(shard, index, hosts, noise, noise_seed, dropout_seed)
+
+
+def render_maps(config: SweepConfig, inputs: ShardInputs, device: torch.device) -> np.ndarray:
+    """The shard's kappa maps (B, N, N) float32: hosts + scenario draws, plus per-map Gaussian noise."""
+    geometry = lens_geometry(config.z_lens, config.z_source)
+    maps = generate_batch(inputs.hosts, config.grid_size, config.fov_kpc, geometry, device=device)
+    maps = maps.cpu().numpy()
+    if inputs.noise_sigma.any():
+        noise = np.random.default_rng(inputs.noise_seed).standard_normal(maps.shape, dtype=np.float32)
+        maps += noise * inputs.noise_sigma[:, None, None].astype(np.float32)
+    return maps
+
+
+def shard_table(config: SweepConfig, inputs: ShardInputs, prediction: PredictionBatch) -> pa.Table:
+    """One row per map: identity, true host parameters, predictions with uncertainties, class output.
+
+    Prediction columns are `pred_` + the Predictor's names: M_vir, r_s, ellipticity, position_angle,
+    concentration, and (mc_samples > 1) their *_std, *_p16, *_p84, *_p2_5, *_p97_5.
+    """
+    hosts = inputs.hosts
+    geometry = lens_geometry(config.z_lens, config.z_source)
+    n = len(hosts)
+    columns: dict[str, np.ndarray] = {
+        "shard": np.full(n, inputs.shard, dtype=np.int32),
+        "map_index": inputs.map_index,
+        "map_seed": hosts.seed.astype(np.int64),
+        "dropout_seed": inputs.dropout_seed.astype(np.int64),
+        "scenario": inputs.scenario_label.astype(str),
+        "noise_sigma": inputs.noise_sigma,
+        "true_M_vir": hosts.M_vir,
+        "true_r_s": hosts.scale_radius,
+        "true_ellipticity": hosts.ellipticity,
+        "true_position_angle": hosts.position_angle,
+        "true_concentration": r200_from_mass(hosts.M_vir, geometry.rho_crit) / hosts.scale_radius,
+    }
+    for name, values in prediction.values.items():
+        columns[f"pred_{name}"] = np.asarray(values, dtype=np.float64)
+    for name, values in (prediction.uncertainties or {}).items():  # None for mc_samples = 1
+        columns[f"pred_{name}"] = np.asarray(values, dtype=np.float64)
+    probs = np.asarray(prediction.class_probs, dtype=np.float64)
+    for i, label in enumerate(SCENARIOS):
+        columns[f"prob_{label}"] = probs[:, i]
+    columns["predicted_class"] = np.asarray(SCENARIOS)[probs.argmax(axis=1)]
+    columns["entropy"] = np.asarray(prediction.entropy, dtype=np.float64)
+    columns["mutual_information"] = np.asarray(prediction.mutual_information, dtype=np.float64)
+    return pa.table(columns)
+
+
+def process_shard(predictor: Predictor, config: SweepConfig, store: SweepStore, shard: int) -> dict[str, float]:
+    """Generate, infer and write one shard; returns seconds per stage."""
+    start = time.perf_counter()
+    inputs = shard_inputs(config, shard)
+    maps = render_maps(config, inputs, predictor.device)
+    generated = time.perf_counter()
+    geometry = MapGeometry(config.fov_kpc, config.z_lens, config.z_source)
+    prediction = predictor.predict_batch(maps, geometry, config.mc_samples, seed=inputs.dropout_seed.tolist())
+    inferred = time.perf_counter()
+    table = shard_table(config, inputs, prediction)
+    if any(np.isnan(column.to_numpy()).any() for column in table.columns if pa.types.is_floating(column.type)):
+        raise FloatingPointError(f"shard {shard}: NaN in the predictions")
+    store.write_shard(shard, table)
+    return {"generate": generated - start, "infer": inferred - generated, "write": time.perf_counter() - inferred}
+
+
+class ShardWorker:
+    """A Ray Data actor: one Predictor for its lifetime, one shard per call, retried in place on error."""
+
+    def __init__(self, config: dict, target: str) -> None:
+        self.config = SweepConfig.model_validate(config)
+        torch.set_num_threads(self.config.execution.threads)
+        self.store = SweepStore.open(target)
+        self.predictor = Predictor.from_package(device="auto")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [self.run(int(shard)) for shard in batch["shard"]]
+        return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+
+    def run(self, shard: int) -> dict:
+        """Process one shard with up to max_attempts tries; never raises, reports the last error."""
+        attempts = self.config.execution.max_attempts
+        error = ""
+        for attempt in range(1, attempts + 1):
+            try:
+                seconds = process_shard(self.predictor, self.config, self.store, shard)
+                return {"shard": shard, "ok": True, "attempts": attempt, "error": "", **seconds}
+            except Exception as exc:  # noqa: BLE001 - any failure of one shard must not stop the others
+                error = f"{type(exc).__name__}: {exc}"
+                print(f"[sweep] shard {shard} attempt {attempt}/{attempts} failed: {error}", file=sys.stderr,
+                      flush=True)
+        return {"shard": shard, "ok": False, "attempts": attempts, "error": error, **dict.fromkeys(STAGES, 0.0)}
+
+
+def run_on_ray(config: SweepConfig, target: str, pending: list[int], on_result: Callable[[dict], None]) -> None:
+    """Run `pending` shards through a Ray Data actor pool; call `on_result` with each shard's status row.
+
+    Application errors are retried inside the actor (ShardWorker.run). A worker process that dies is
+    restarted by Ray and its shard retried up to max_attempts - 1 times; a shard lost beyond that is
+    dropped (max_errored_blocks = -1) and the caller reports it as missing.
+    """
+    import ray  # imported here: the per-shard functions above also serve runs without Ray (bench/sweep.py)
+    from ray.data import ActorPoolStrategy, DataContext
+
+    if not ray.is_initialized():
+        ray.init()
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # plain progress lines from the driver read better in job logs
+    context.max_errored_blocks = -1
+    execution = config.execution
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    low, high = execution.pool_size
+    dataset = ray.data.from_items([{"shard": shard} for shard in pending], override_num_blocks=len(pending))
+    results = dataset.map_batches(
+        ShardWorker,
+        fn_constructor_kwargs={"config": config.model_dump(mode="json"), "target": target},
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=min(low, len(pending)), max_size=max(1, min(high, len(pending)))),
+        num_cpus=execution.cpus_per_actor,
+        num_gpus=execution.gpus_per_actor if has_gpu else None,
+        # Bounded retries of a shard whose worker died (Ray Data's default is unbounded). Ray 2.60
+        # warns that these pass-through arguments go away in 2.64; there is no named replacement yet.
+        max_restarts=-1,
+        max_task_retries=execution.max_attempts - 1,
+    )
+    for row in results.iter_rows():
+        on_result({key: value.item() if hasattr(value, "item") else value for key, value in row.items()})

@@ -1,0 +1,284 @@
+"""A sweep's summary: accuracy and interval coverage overall and binned, plots, and report.md.
+
+Metrics (same definitions everywhere, recomputable from the shards):
+- M_vir, r_s: error in dex, log10(pred / true); ellipticity: pred - true. For each: bias (mean error),
+  median |error| and rmse.
+- coverage_68 / coverage_95: fraction of truths inside the calibrated [p16, p84] / [p2_5, p97_5]
+  intervals. Null when mc_samples = 1 (a point estimate has no interval).
+- classification: accuracy over maps with a scenario (a smooth host has no true class; its predicted
+  classes are still shown in the confusion matrix), mean predictive entropy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from lensing.scenarios import SCENARIOS  # noqa: E402
+
+from .sweep_config import SweepConfig  # noqa: E402
+from .sweep_store import SweepStore  # noqa: E402
+
+TARGETS = {"M_vir": "dex", "r_s": "dex", "ellipticity": "abs"}  # regression targets and their error unit
+N_BINS = 4
+PLOTS = ("errors.png", "coverage.png", "confusion.png")
+
+
+def _float(value: float) -> float | None:
+    """JSON-safe float: None for NaN (an empty bin)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def errors(columns: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Per-map error of one target in its unit (dex for M_vir and r_s)."""
+    pred, true = columns[f"pred_{name}"], columns[f"true_{name}"]
+    return np.log10(pred / true) if TARGETS[name] == "dex" else pred - true
+
+
+def metrics(columns: dict[str, np.ndarray], has_uncertainty: bool) -> dict:
+    """Accuracy, coverage and classification metrics of a set of rows."""
+    n = int(columns["map_index"].size)
+    result: dict = {"n": n}
+    for name, unit in TARGETS.items():
+        err = errors(columns, name)
+        true = columns[f"true_{name}"]
+        entry = {
+            "unit": unit,
+            "bias": _float(err.mean()) if n else None,
+            "median_abs_error": _float(np.median(np.abs(err))) if n else None,
+            "rmse": _float(math.sqrt(np.mean(err**2))) if n else None,
+            "coverage_68": None,
+            "coverage_95": None,
+        }
+        if has_uncertainty and n:
+            for level, low, high in (("68", "p16", "p84"), ("95", "p2_5", "p97_5")):
+                inside = (columns[f"pred_{name}_{low}"] <= true) & (true <= columns[f"pred_{name}_{high}"])
+                entry[f"coverage_{level}"] = float(inside.mean())
+        result[name] = entry
+    labelled = columns["scenario"] != "none"
+    result["n_with_scenario"] = int(labelled.sum())
+    result["classification_accuracy"] = (
+        float((columns["predicted_class"][labelled] == columns["scenario"][labelled]).mean()) if labelled.any() else None
+    )
+    result["mean_entropy"] = _float(columns["entropy"].mean()) if n else None
+    return result
+
+
+def _numeric_bins(values: np.ndarray, bounds: tuple[float, float], log: bool) -> list[tuple[float, float, np.ndarray]]:
+    """N_BINS equal bins over the swept range (log-spaced when `log`); the top edge is inclusive."""
+    low, high = bounds
+    if low == high:
+        return [(low, high, np.ones(values.size, bool))]
+    edges = np.geomspace(low, high, N_BINS + 1) if log else np.linspace(low, high, N_BINS + 1)
+    which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, N_BINS - 1)
+    return [(float(edges[i]), float(edges[i + 1]), which == i) for i in range(N_BINS)]
+
+
+def _subset(columns: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: value[mask] for key, value in columns.items()}
+
+
+def confusion_matrix(columns: dict[str, np.ndarray], true_labels: list[str]) -> list[list[int]]:
+    """Counts, rows = true scenario (config order, 'none' included), columns = predicted CDM/WDM/SIDM."""
+    return [
+        [int(((columns["scenario"] == t) & (columns["predicted_class"] == p)).sum()) for p in SCENARIOS]
+        for t in true_labels
+    ]
+
+
+def table_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def summarize(table: pa.Table, config: SweepConfig, model: dict, failed: list[dict]) -> dict:
+    """summary.json: the run's completeness, overall metrics, binned metrics and the confusion matrix."""
+    columns = table_columns(table)
+    has_uncertainty = config.mc_samples > 1
+    box = config.box
+    binned: dict[str, list[dict]] = {}
+    for key, column, bounds, log in (
+        ("M_vir", "true_M_vir", box.M_vir, True),
+        ("r_s", "true_r_s", box.scale_radius, True),
+        ("ellipticity", "true_ellipticity", box.ellipticity, False),
+    ):
+        binned[key] = [
+            {"low": low, "high": high, **metrics(_subset(columns, mask), has_uncertainty)}
+            for low, high, mask in _numeric_bins(columns[column], bounds, log)
+        ]
+    binned["scenario"] = [
+        {"value": label, **metrics(_subset(columns, columns["scenario"] == label), has_uncertainty)}
+        for label in config.scenarios
+    ]
+    binned["noise_sigma"] = [
+        {"value": level, **metrics(_subset(columns, columns["noise_sigma"] == level), has_uncertainty)}
+        for level in config.noise_levels
+    ]
+    done = sorted({int(s) for s in columns["shard"]})
+    return {
+        "name": config.name,
+        "data_hash": config.data_hash(),
+        "model": model,
+        "mc_samples": config.mc_samples,
+        "grid_size": config.grid_size,
+        "n_maps_planned": config.n_maps,
+        "n_maps": int(table.num_rows),
+        "n_shards": config.n_shards,
+        "n_shards_done": len(done),
+        "failed_shards": failed,
+        "complete": len(done) == config.n_shards,
+        "overall": metrics(columns, has_uncertainty),
+        "binned": binned,
+        "confusion_matrix": {
+            "rows_true": list(config.scenarios),
+            "columns_predicted": list(SCENARIOS),
+            "counts": confusion_matrix(columns, list(config.scenarios)),
+        },
+    }
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
+    """Error of each target (rows) against each true parameter (columns), with the binned median."""
+    figure, axes = plt.subplots(len(TARGETS), len(TARGETS), figsize=(12, 10), squeeze=False)
+    for i, (target, unit) in enumerate(TARGETS.items()):
+        err = errors(columns, target)
+        for j, (parameter, scale) in enumerate(TARGETS.items()):
+            x = columns[f"true_{parameter}"]
+            ax = axes[i][j]
+            ax.scatter(x, err, s=2, alpha=0.3, color="tab:blue", rasterized=True)
+            edges = np.geomspace(x.min(), x.max(), 11) if scale == "dex" else np.linspace(x.min(), x.max(), 11)
+            which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 9)
+            centres = [0.5 * (edges[b] + edges[b + 1]) for b in range(10) if (which == b).any()]
+            medians = [np.median(err[which == b]) for b in range(10) if (which == b).any()]
+            ax.plot(centres, medians, color="tab:red", lw=2, label="binned median")
+            ax.axhline(0.0, color="black", lw=0.8)
+            if scale == "dex":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(f"true {parameter}")
+        axes[i][0].set_ylabel(f"{target} error ({'dex' if unit == 'dex' else 'pred - true'})")
+    axes[0][0].legend(loc="best", fontsize=8)
+    figure.suptitle("Prediction error against the true host parameters")
+    return _png(figure)
+
+
+def plot_coverage(summary: dict) -> bytes:
+    """Coverage of the 68 % and 95 % intervals, overall and per noise level, against nominal."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(TARGETS)
+    overall = summary["overall"]
+    for offset, (level, nominal) in enumerate((("68", 0.6827), ("95", 0.9545))):
+        values = [overall[n][f"coverage_{level}"] or 0.0 for n in names]
+        axes[0].bar(np.arange(len(names)) + 0.38 * offset, values, width=0.36, label=f"{level} % interval")
+        axes[0].axhline(nominal, ls="--", color=f"C{offset}", lw=1)
+    axes[0].set_xticks(np.arange(len(names)) + 0.19, names)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_ylabel("fraction of truths inside")
+    axes[0].set_title("Overall coverage (dashed: nominal)")
+    axes[0].legend(fontsize=8)
+    levels = summary["binned"]["noise_sigma"]
+    for k, name in enumerate(names):
+        axes[1].plot([b["value"] for b in levels], [b[name]["coverage_68"] or np.nan for b in levels], "o-",
+                     color=f"C{k}", label=f"{name} 68 %")
+    axes[1].axhline(0.6827, ls="--", color="gray", lw=1)
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_xlabel("noise sigma (kappa)")
+    axes[1].set_title("68 % coverage by noise level")
+    axes[1].legend(fontsize=8)
+    return _png(figure)
+
+
+def plot_confusion(summary: dict) -> bytes:
+    """Row-normalised confusion matrix with counts."""
+    matrix = summary["confusion_matrix"]
+    counts = np.asarray(matrix["counts"], dtype=float)
+    rows = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    image = ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, f"{rows[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center",
+                    color="white" if rows[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(counts.shape[1]), matrix["columns_predicted"])
+    ax.set_yticks(range(counts.shape[0]), matrix["rows_true"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true ('none' = smooth host)")
+    accuracy = summary["overall"]["classification_accuracy"]
+    ax.set_title(f"Scenario confusion (accuracy {accuracy:.3f})" if accuracy is not None else "Scenario confusion")
+    figure.colorbar(image, ax=ax, fraction=0.046)
+    return _png(figure)
+
+
+# --- report.md -----------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _metric_rows(label: str, entry: dict) -> str:
+    cells = [label, str(entry["n"])]
+    for name in TARGETS:
+        m = entry[name]
+        cells += [_fmt(m["median_abs_error"]), _fmt(m["coverage_68"]), _fmt(m["coverage_95"])]
+    cells.append(_fmt(entry["classification_accuracy"]))
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_report(summary: dict, config: SweepConfig) -> str:
+    """A short Markdown report of the summary, linking the plots."""
+    header = ["bin", "n"] + [f"{n} {h}" for n in TARGETS for h in ("med abs err", "cov68", "cov95")] + ["class acc"]
+    table_head = "| " + " | ".join(header) + " |\n|" + "---|" * len(header)
+    lines = [
+        f"# Sweep `{summary['name']}`",
+        "",
+        f"Model {summary['model'].get('name')} {summary['model'].get('version')} "
+        f"(sha256 {str(summary['model'].get('sha256'))[:12]}), {config.sampling.method} sampling, "
+        f"{summary['n_maps']} of {summary['n_maps_planned']} maps ({summary['n_shards_done']} of "
+        f"{summary['n_shards']} shards), {config.grid_size}x{config.grid_size} px, mc_samples = {config.mc_samples}, "
+        f"seed {config.seed}. Errors: dex for M_vir and r_s, pred - true for e.",
+        "",
+    ]
+    if summary["failed_shards"]:
+        lines += ["**Incomplete**: these shards failed; rerun the same command to retry only them.", ""]
+        lines += [f"- shard {f['shard']}: {f['error']}" for f in summary["failed_shards"]] + [""]
+    lines += ["## Overall and by scenario / noise", "", table_head, _metric_rows("all", summary["overall"])]
+    lines += [_metric_rows(f"scenario {b['value']}", b) for b in summary["binned"]["scenario"]]
+    lines += [_metric_rows(f"noise {b['value']:g}", b) for b in summary["binned"]["noise_sigma"]]
+    lines += ["", "## By true host parameter", "", table_head]
+    for key in TARGETS:
+        lines += [_metric_rows(f"{key} [{b['low']:.3g}, {b['high']:.3g}]", b) for b in summary["binned"][key]]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}](plots/{name})" for name in PLOTS]
+    lines += ["", "Rows: `shards/*.parquet` (e.g. `pandas.read_parquet('shards')`); numbers: `summary.json`.", ""]
+    return "\n".join(lines)
+
+
+def write_report(store: SweepStore, config: SweepConfig, model: dict, failed: list[dict]) -> dict:
+    """Read every finished shard, then write summary.json, plots/*.png and report.md; return the summary."""
+    table = store.read_table()
+    summary = summarize(table, config, model, failed)
+    store.write_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    plots = dict(zip(PLOTS, (plot_errors(table_columns(table)), plot_coverage(summary), plot_confusion(summary))))
+    for name, data in plots.items():
+        store.write_bytes(f"plots/{name}", data)
+    store.write_bytes("report.md", render_report(summary, config).encode())
+    return summary
