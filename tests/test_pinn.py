@@ -144,11 +144,28 @@ def test_every_dropout_site_is_active_when_sampling(predictor):
         assert not torch.equal(model.head(features, only_one)[0], model.head(features, ones)[0])
 
 
+def _assert_records_close(a: dict, b: dict) -> None:
+    """Equal up to float32 rounding: oneDNN picks different convolution kernels for different batch sizes."""
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, dict):
+            _assert_records_close(value, b[key])
+        elif isinstance(value, float):
+            tolerance = 1e-2 if key.startswith("position_angle") else 1e-6  # the angle is ill-posed as e -> 0
+            assert value == pytest.approx(b[key], rel=1e-5, abs=tolerance), key
+        else:
+            assert value == b[key], key
+
+
 def test_results_do_not_depend_on_batch_neighbours(predictor):
     maps = _maps(3)
     alone = predictor.predict([maps[1]], mc_samples=20, seed=[7])[0]
     together = predictor.predict(list(maps), mc_samples=20, seed=[5, 7, 9])[1]
-    assert alone == together
+    shuffled = predictor.predict([maps[2], maps[1]], mc_samples=20, seed=[1, 7])[1]
+    _assert_records_close(alone, together)
+    _assert_records_close(alone, shuffled)
+    other_seed = predictor.predict([maps[1]], mc_samples=20, seed=[8])[0]
+    assert other_seed["uncertainties"]["M_vir_std"] != alone["uncertainties"]["M_vir_std"]
 
 
 def test_mixed_sizes_and_sample_counts(predictor):
