@@ -3,6 +3,11 @@
 Coordinates are physical kpc on the lens plane, relative to the map centre. Each profile holds its
 own dimensionless normalisation kappa_s and scale radius r_s, so hosts (built from HaloParameters)
 and subhalos (built from their own kappa_s) share the same classes.
+
+`convergence_map` renders the pixel grid of DESIGN.md section 3. A centred host is symmetric under
+(x, y) -> (-x, -y) (and a spherical one under each reflection), and the grid's pixel centres are
+exactly antisymmetric, so only the independent part is evaluated and mirrored: bit-identical to
+`convergence` on every pixel, at a half (elliptical) or a quarter (spherical) of the cost.
 """
 
 from __future__ import annotations
@@ -13,14 +18,69 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid import elliptical_radius, q_from_ellipticity
+from .grid import DEFAULT_FOV_KPC, pixel_centres, pixel_grid, q_from_ellipticity
 from .halo import ELLIPTICITY_RANGE, HaloParameters, check_finite_positive, check_in_range
 from .nfw_math import (
-    cored_nfw_projected,
+    cored_nfw_projected_sq,
     nfw_enclosed,
-    nfw_projected,
-    truncated_nfw_projected,
+    nfw_projected_sq,
+    truncated_nfw_projected_sq,
 )
+
+
+_BLOCK = 16384  # elements evaluated at once: the ~10 temporaries of a block stay in the CPU cache
+
+
+def _as_float64(a) -> np.ndarray:
+    return np.asarray(a, np.float64)
+
+
+def _blockwise(func, x, y) -> np.ndarray:
+    """func(x, y) for elementwise `func`, evaluated on flat blocks (same values, ~2x faster on large maps)."""
+    x, y = _as_float64(x), _as_float64(y)
+    if math.prod(np.broadcast_shapes(x.shape, y.shape)) <= _BLOCK:
+        return func(x, y)
+    x, y = np.broadcast_arrays(x, y)
+    out = np.empty(x.shape)
+    flat_x, flat_y, flat_out = x.reshape(-1), y.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_out.size, _BLOCK):
+        block = slice(start, start + _BLOCK)
+        flat_out[block] = func(flat_x[block], flat_y[block])
+    return out
+
+
+def _quadratic_form(q: float, phi_deg: float, r_s: float) -> tuple[float, float, float]:
+    """(a, b, c) with (xi / r_s)^2 = a x^2 + b x y + c y^2 for the elliptical radius of DESIGN.md section 3.
+
+    Expands q x'^2 + y'^2 / q with x' = x cos phi + y sin phi, y' = -x sin phi + y cos phi.
+    """
+    phi = math.radians(phi_deg)
+    cos2, sin2, sincos = math.cos(phi) ** 2, math.sin(phi) ** 2, math.sin(phi) * math.cos(phi)
+    scale = 1.0 / r_s**2
+    return (q * cos2 + sin2 / q) * scale, 2.0 * sincos * (q - 1.0 / q) * scale, (q * sin2 + cos2 / q) * scale
+
+
+def _evaluate_form(form: tuple[float, float, float], x, y) -> np.ndarray:
+    """a x^2 + b x y + c y^2; even under (x, y) -> (-x, -y) in floating point too."""
+    a, b, c = form
+    return a * x * x + b * x * y + c * y * y
+
+
+def _point_symmetric_map(convergence, grid_size: int, fov_kpc: float) -> np.ndarray:
+    """convergence(x, y) on the grid for kappa(-x, -y) = kappa(x, y): the first ceil(N/2) rows, mirrored."""
+    centres = pixel_centres(grid_size, fov_kpc)
+    top = convergence(centres[None, :], centres[: grid_size - grid_size // 2, None])
+    return np.concatenate([top, top[: grid_size // 2][::-1, ::-1]])
+
+
+def _mirror_symmetric_map(convergence, grid_size: int, fov_kpc: float) -> np.ndarray:
+    """convergence(x, y) on the grid for a kappa even in x and in y: the quadrant x, y >= 0, mirrored."""
+    centres = pixel_centres(grid_size, fov_kpc)
+    positive = centres[grid_size // 2 :]
+    quadrant = convergence(positive[None, :], positive[:, None])
+    mirrored = len(positive) - grid_size % 2  # on odd grids the zero row/column is not repeated
+    rows = np.concatenate([quadrant[::-1][:mirrored], quadrant])
+    return np.concatenate([rows[:, ::-1][:, :mirrored], rows], axis=1)
 
 
 class Profile(ABC):
@@ -29,6 +89,10 @@ class Profile(ABC):
     @abstractmethod
     def convergence(self, x, y) -> np.ndarray:
         """Dimensionless surface density kappa at (x, y) in kpc."""
+
+    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+        """kappa on the (grid_size, grid_size) pixel grid of DESIGN.md section 3 (map[i][j] at X[i][j], Y[i][j])."""
+        return self.convergence(*pixel_grid(grid_size, fov_kpc))
 
 
 @dataclass(frozen=True)
@@ -48,15 +112,22 @@ class NFW(Profile):
     def from_halo(cls, halo: HaloParameters, center_x: float = 0.0, center_y: float = 0.0) -> "NFW":
         return cls(halo.kappa_s, halo.r_s, center_x, center_y)
 
-    def _radius(self, x, y) -> np.ndarray:
-        return np.hypot(np.asarray(x, np.float64) - self.center_x, np.asarray(y, np.float64) - self.center_y)
+    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        dx = x - self.center_x
+        dy = y - self.center_y
+        return 2.0 * self.kappa_s * nfw_projected_sq((dx * dx + dy * dy) * (1.0 / self.r_s**2))
 
     def convergence(self, x, y) -> np.ndarray:
-        return 2.0 * self.kappa_s * nfw_projected(self._radius(x, y) / self.r_s)
+        return _blockwise(self._convergence, x, y)
+
+    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+        if self.center_x != 0.0 or self.center_y != 0.0:
+            return super().convergence_map(grid_size, fov_kpc)
+        return _mirror_symmetric_map(self.convergence, grid_size, fov_kpc)
 
     def mass_2d(self, radius, sigma_crit: float) -> np.ndarray:
         """Projected mass (Msun) inside radius R (kpc): 4 pi rho_s r_s^3 h(R / r_s)."""
-        radius = np.asarray(radius, np.float64)
+        radius = _as_float64(radius)
         return 4.0 * math.pi * self.kappa_s * sigma_crit * self.r_s**2 * nfw_enclosed(radius / self.r_s)
 
     def deflection(self, x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +136,8 @@ class NFW(Profile):
         alpha(R) = M_2D(<R) / (pi Sigma_cr R), pointing to the centre's far side along the radius;
         divide by LensGeometry.kpc_per_arcsec for arcsec.
         """
-        dx = np.asarray(x, np.float64) - self.center_x
-        dy = np.asarray(y, np.float64) - self.center_y
+        dx = _as_float64(x) - self.center_x
+        dy = _as_float64(y) - self.center_y
         radius = np.maximum(np.hypot(dx, dy), 1e-12 * self.r_s)
         magnitude = 4.0 * self.kappa_s * self.r_s**2 * nfw_enclosed(radius / self.r_s) / radius
         return magnitude * dx / radius, magnitude * dy / radius
@@ -97,11 +168,19 @@ class EllipticalNFW(Profile):
         return q_from_ellipticity(self.ellipticity)
 
     def elliptical_radius(self, x, y) -> np.ndarray:
-        phi = math.radians(self.position_angle_deg)
-        return elliptical_radius(np.asarray(x, np.float64), np.asarray(y, np.float64), self.q, phi)
+        """xi (kpc) of DESIGN.md section 3."""
+        form = _quadratic_form(self.q, self.position_angle_deg, self.r_s)
+        return self.r_s * np.sqrt(_evaluate_form(form, _as_float64(x), _as_float64(y)))
+
+    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        form = _quadratic_form(self.q, self.position_angle_deg, self.r_s)
+        return 2.0 * self.kappa_s * nfw_projected_sq(_evaluate_form(form, x, y))
 
     def convergence(self, x, y) -> np.ndarray:
-        return 2.0 * self.kappa_s * nfw_projected(self.elliptical_radius(x, y) / self.r_s)
+        return _blockwise(self._convergence, x, y)
+
+    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+        return _point_symmetric_map(self.convergence, grid_size, fov_kpc)
 
 
 @dataclass(frozen=True)
@@ -129,10 +208,15 @@ class CoredNFW(Profile):
     ) -> "CoredNFW":
         return cls(halo.kappa_s, halo.r_s, core_fraction, ellipticity, position_angle_deg)
 
+    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        form = _quadratic_form(q_from_ellipticity(self.ellipticity), self.position_angle_deg, self.r_s)
+        return 2.0 * self.kappa_s * cored_nfw_projected_sq(_evaluate_form(form, x, y), self.core_fraction)
+
     def convergence(self, x, y) -> np.ndarray:
-        q = q_from_ellipticity(self.ellipticity)
-        xi = elliptical_radius(np.asarray(x, np.float64), np.asarray(y, np.float64), q, math.radians(self.position_angle_deg))
-        return 2.0 * self.kappa_s * cored_nfw_projected(xi / self.r_s, self.core_fraction)
+        return _blockwise(self._convergence, x, y)
+
+    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+        return _point_symmetric_map(self.convergence, grid_size, fov_kpc)
 
 
 @dataclass(frozen=True)
@@ -150,9 +234,13 @@ class TruncatedNFW(Profile):
         check_finite_positive("scale_radius", self.r_s)
         check_finite_positive("tau", self.tau)
 
+    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        dx = x - self.center_x
+        dy = y - self.center_y
+        return 2.0 * self.kappa_s * truncated_nfw_projected_sq((dx * dx + dy * dy) * (1.0 / self.r_s**2), self.tau)
+
     def convergence(self, x, y) -> np.ndarray:
-        radius = np.hypot(np.asarray(x, np.float64) - self.center_x, np.asarray(y, np.float64) - self.center_y)
-        return 2.0 * self.kappa_s * truncated_nfw_projected(radius / self.r_s, self.tau)
+        return _blockwise(self._convergence, x, y)
 
 
 PROFILE_TYPES = ("NFW", "Elliptical NFW")

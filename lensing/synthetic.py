@@ -57,13 +57,17 @@ class MapRequest:
         if self.profile_type == "NFW" and self.ellipticity != 0:
             raise ValueError("ellipticity must be 0 for profile_type 'NFW'; use 'Elliptical NFW'")
         check_in_range("position_angle", self.position_angle, (-360.0, 360.0))
+        check_in_range("grid_size", self.grid_size, GRID_SIZE_LIMITS)  # first: a finite number (NaN, inf, None)
         if isinstance(self.grid_size, bool) or int(self.grid_size) != self.grid_size:
             raise ValueError(f"grid_size must be an integer, got {self.grid_size!r}")
-        check_in_range("grid_size", self.grid_size, GRID_SIZE_LIMITS)
         check_finite_positive("fov_kpc", self.fov_kpc)
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS} or null, got {self.scenario!r}")
         check_in_range("noise_sigma", self.noise_sigma, (0.0, 10.0))
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0
+        ):
+            raise ValueError(f"seed must be a non-negative integer or null, got {self.seed!r}")
         lens_geometry(self.z_lens, self.z_source)  # validates the redshifts
 
     @property
@@ -158,7 +162,7 @@ def generate_map(request: MapRequest) -> SyntheticMap:
         request.position_angle,
         core_fraction=scenario.core_fraction if scenario else None,
     )
-    kappa = host.convergence(x, y)
+    kappa = host.convergence_map(request.grid_size, request.fov_kpc)
     if scenario is not None:
         sub = scenario.subhalos
         for k in range(len(sub)):
