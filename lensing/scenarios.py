@@ -10,7 +10,9 @@ Recipes (all draws from one seeded numpy Generator, so a seed reproduces a map e
   CDM population, so small subhalos are rare. A smooth host is the limit m_hm -> infinity.
 * SIDM: a cored host, rho = rho_s / ((r + r_c)/r_s (1 + r/r_s)^2), r_c = alpha r_s with
   alpha ~ U(0.1, 0.5) (self-interaction cores of Rocha et al. 2013 / Kaplinghat et al. 2016 scale),
-  plus a CDM-like subhalo population.
+  plus a CDM-like subhalo population. The core keeps the NFW rho_s and r_s of the labelled
+  (M_vir, r_s), so the cored host's own M_200 is 13-50 % lower: M_vir of an SIDM map names the NFW
+  halo it was cored from, which is what the PINN is trained to report.
 * Each subhalo: NFW with M_200c = m and Duffy et al. (2008) concentration
   c = 5.71 (m / 2e12 h^-1 Msun)^-0.084 (1 + z)^-0.47, truncated (BMO 2009) at the Jacobi radius
   r_t = r (m / (3 M_host(<r)))^(1/3), using the projected distance r for the 3-D one. Positions follow

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,7 +26,7 @@ from .halo import (
 )
 from .profiles import PROFILE_TYPES, TruncatedNFW, host_profile
 from .render import add_subhalos, render_hosts
-from .scenarios import SCENARIO_CLASS, SCENARIOS, ScenarioRealisation, draw_scenario
+from .scenarios import SCENARIOS, ScenarioRealisation, draw_scenario
 
 GRID_SIZE_LIMITS = (8, 1024)
 NO_SCENARIO = -1  # class id of a smooth host
