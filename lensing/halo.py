@@ -60,11 +60,11 @@ def characteristic_density(c, rho_crit: float):
     return DELTA_CRIT / 3.0 * rho_crit * c**3 / nfw_mass_function(c)
 
 
-def mass_from_lensing(kappa_s, r_s, geometry: LensGeometry, iterations: int = 80):
+def mass_from_lensing(kappa_s, r_s, geometry: LensGeometry, iterations: int = 56):
     """Invert (kappa_s, r_s [kpc]) to (M_200c [Msun], c), vectorised for numpy arrays or torch tensors.
 
     rho_s = kappa_s Sigma_cr / r_s fixes c through rho_s / rho_crit = (200/3) c^3 / m(c), which grows
-    monotonically with c; bisection in log c over [1e-3, 1e4] converges to float precision.
+    monotonically with c; 56 bisections of log c over [1e-3, 1e4] reach float64 precision (2e-16).
     """
     xp = namespace(kappa_s)
     contrast = kappa_s * geometry.sigma_crit / r_s / geometry.rho_crit

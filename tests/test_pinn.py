@@ -19,7 +19,7 @@ from lensing.predictor import MapGeometry, Predictor
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 4242  # never used by training (seed 1) or calibration (seed 10001)
-N_HELD_OUT = 300
+N_HELD_OUT = 600
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def test_refined_accuracy_targets(smooth_refined, smooth_network):
 @pytest.mark.parametrize("mode", ["smooth_network", "smooth_refined"])
 def test_calibrated_coverage(mode, request):
     """68 % and 95 % intervals cover within 5 points of nominal; with 300 maps the binomial standard
-    error is ~2.7 points at 68 % and ~1.3 at 95 %, so the bound is relaxed to 8 points at 68 % and 6 at 95 %."""
+    error is ~1.9 points at 68 % and ~0.9 at 95 %, so the bound is relaxed to 8 points at 68 % and 6 at 95 %
+    (the 2,000-map evaluation in the model card measures the coverage itself)."""
     metrics = request.getfixturevalue(mode)
     for name, value in metrics["coverage_68"].items():
         assert abs(value - 0.6827) <= 0.08, (name, value)

@@ -1,0 +1,177 @@
+"""The v1 HTTP API (DESIGN.md section 6): routes, content negotiation and the OpenAPI document.
+
+`create_app(service, settings)` builds a FastAPI app per ingress replica around `service` (the
+`Ingress` deployment), which does the work. Maps are read as JSON, npy or FITS by Content-Type and
+written as JSON, npy, FITS or PNG by Accept. /inference parses its body itself (one route, three body
+formats), so its request body is described to OpenAPI by hand; the other routes use FastAPI models.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import numpy as np
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from . import middleware
+from .codecs import (
+    BODY_FORMATS, FITS, JSON, MAP_FORMATS, NPY, PNG, check_map, json_response, map_from_body, media_type, negotiate,
+)
+from .errors import InvalidInput, from_validation_error, install_handlers, unprocessable
+from .schemas import (
+    API_VERSION, BatchRequest, BatchStatus, BatchSubmitted, Error, Health, InferenceOptions, InferenceRequest,
+    InferenceResponse, JobRecord, ModelInfo, Models, Root, Stats, SyntheticRequest, SyntheticResponse,
+)
+from .settings import AppSettings
+from .store import now_iso
+
+if TYPE_CHECKING:
+    from .ingress import Ingress
+
+DESCRIPTION = (
+    "Gravitational lensing by dark-matter halos: synthetic convergence maps (NFW, elliptical NFW, "
+    "CDM/WDM/SIDM substructure) and PINN inference of M_vir, r_s, ellipticity and the dark-matter "
+    "scenario with calibrated MC Dropout uncertainties. Maps travel as JSON, .npy or FITS."
+)
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+ERRORS = {404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+MAP_RESPONSES = {
+    200: {"content": {NPY: BINARY, FITS: BINARY, PNG: BINARY}, "description": "the map (JSON, npy, FITS or PNG by Accept)"},
+    406: {"model": Error}, **ERRORS,
+}
+INFERENCE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "a square kappa map, 16..512 pixels a side: JSON (with the options as fields), or "
+                       ".npy / FITS bytes (options as query parameters; FITS header cards give the geometry)",
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}, NPY: BINARY, FITS: BINARY},
+    }
+}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document plus the InferenceRequest schema that /inference's hand-written body refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        extra = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(extra.pop("$defs", {}))
+        components["InferenceRequest"] = extra
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _inference_input(content_type: str, body: bytes, query: InferenceOptions) -> tuple[np.ndarray, InferenceOptions]:
+    """(map, options) from a JSON body, or from an npy/FITS body plus query (FITS cards fill unset geometry)."""
+    if content_type in (JSON, ""):
+        request = InferenceRequest.model_validate_json(body)
+        options = InferenceOptions.model_validate(request.model_dump(exclude={"convergence_map"}))
+        return check_map(request.convergence_map), options
+    if content_type not in BODY_FORMATS:
+        raise HTTPException(415, f"Content-Type must be one of {', '.join(BODY_FORMATS)}, got {content_type!r}")
+    kappa, cards = map_from_body(content_type, body)
+    unset = {k: v for k, v in cards.items() if k not in query.model_fields_set}
+    return kappa, InferenceOptions.model_validate(query.model_dump() | unset) if unset else query
+
+
+def _error_loc(is_json: bool, loc: tuple) -> list:
+    """Where an /inference input error lies: in the JSON body; for npy/FITS, the body (the map) or the query."""
+    if is_json:
+        return ["body", *loc]
+    return ["body"] if loc in ((), ("convergence_map",)) else ["query", *loc]
+
+
+def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
+    """The FastAPI app of one ingress replica."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await service.startup()
+        yield
+        await service.shutdown()
+
+    app = FastAPI(title="Lensing Serve", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    install_handlers(app)
+    middleware.install(app, settings, service.record)
+
+    @app.get("/", response_model=Root)
+    async def root() -> dict:
+        return {"message": "Gravitational Lensing API", "version": API_VERSION, "docs": "/docs",
+                "health": "/health", "openapi": "/openapi.json"}
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    async def health() -> Response:
+        model = await service.model_info()
+        body = {"status": "healthy" if model else "degraded", "timestamp": now_iso(), "version": API_VERSION,
+                "gpu_available": bool(model and model["device"] == "cuda"), "model_loaded": model is not None}
+        return json_response(body, 200 if model else 503)
+
+    @app.get("/api/v1/models", response_model=Models)
+    async def models() -> dict:
+        model = await service.model_info()
+        if model is None:
+            return {"models": []}
+        return {"models": [ModelInfo.model_validate({k: v for k, v in model.items() if k in ModelInfo.model_fields})]}
+
+    @app.get("/api/v1/stats", response_model=Stats)
+    async def stats() -> dict:
+        counts = await service.store.stats.remote()
+        model = await service.model_info()
+        return counts | {"model_loaded": model is not None, "gpu_available": bool(model and model["device"] == "cuda"),
+                         "timestamp": now_iso()}
+
+    @app.post("/api/v1/synthetic", response_model=SyntheticResponse, responses=MAP_RESPONSES)
+    async def synthetic(spec: SyntheticRequest, request: Request) -> Response:
+        fmt = negotiate(request.headers.get("accept"), MAP_FORMATS)
+        if fmt is None:
+            raise HTTPException(406, f"Accept must allow one of {', '.join(MAP_FORMATS)}")
+        job_id, generated = await service.synthesize(spec, fmt)
+        headers = {"X-Job-Id": job_id}
+        if fmt != JSON:
+            suffix = {NPY: "npy", FITS: "fits", PNG: "png"}[fmt]
+            headers["Content-Disposition"] = f'inline; filename="kappa-{job_id}.{suffix}"'
+            return Response(generated.body, media_type=fmt, headers=headers)
+        smap = generated.map
+        coordinates = {"X": smap.x_kpc.tolist(), "Y": smap.y_kpc.tolist(), "unit": "kpc"}
+        if spec.arcsec:
+            x_arcsec, y_arcsec = smap.coordinates_arcsec()
+            coordinates |= {"X_arcsec": x_arcsec.tolist(), "Y_arcsec": y_arcsec.tolist()}
+        return json_response({
+            "job_id": job_id, "convergence_map": smap.convergence.tolist(), "coordinates": coordinates,
+            "metadata": smap.metadata(), "parameters": smap.parameters(), "geometry": smap.geometry_dict(),
+            "timestamp": now_iso(),
+        }, headers=headers)
+
+    @app.post("/api/v1/inference", response_model=InferenceResponse, openapi_extra=INFERENCE_BODY,
+              responses={415: {"model": Error}, 503: {"model": Error}, **ERRORS})
+    async def inference(request: Request, query: Annotated[InferenceOptions, Query()]) -> Response:
+        content_type = media_type(request.headers.get("content-type"))
+        is_json = content_type in (JSON, "")
+        try:
+            kappa, options = _inference_input(content_type, await request.body(), query)
+            result = await service.infer(kappa, options)
+        except ValidationError as exc:
+            return from_validation_error(exc, ("body",) if is_json else ("query",))
+        except InvalidInput as exc:
+            return unprocessable([{"loc": _error_loc(is_json, exc.loc), "msg": str(exc), "type": "value_error"}])
+        return json_response(result, headers={"X-Job-Id": result["job_id"]})
+
+    @app.post("/api/v1/batch", status_code=202, response_model=BatchSubmitted, responses=ERRORS)
+    async def batch(spec: BatchRequest) -> Response:
+        return json_response(await service.submit_batch(spec), 202)
+
+    @app.get("/api/v1/batch/{batch_id}/status", response_model=BatchStatus, responses=ERRORS)
+    async def batch_status(batch_id: Annotated[str, Path(max_length=64)]) -> Response:
+        return json_response(await service.batch_status(batch_id))
+
+    @app.get("/api/v1/jobs/{job_id}", response_model=JobRecord, responses=ERRORS)
+    async def job(job_id: Annotated[str, Path(max_length=64)]) -> Response:
+        return json_response(await service.job(job_id))
+
+    return app

@@ -1,0 +1,99 @@
+"""Error responses: 422 naming the field, 413, 404, 406/415, 503, and a bare 500 (never a stack trace).
+
+Every 422 has FastAPI's shape, `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`, whether pydantic
+or our own shape checks found the problem; the offending input is never echoed back (a map can be
+megabytes). Bad input must never surface as a 500: everything a client controls is checked before it
+reaches a deployment, and the handlers below map what remains.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger("ray.serve")
+
+MAX_ERRORS = 20
+
+
+class InvalidInput(ValueError):
+    """Bad client input; `loc` is the field's path inside the body (or query), as in pydantic errors."""
+
+    def __init__(self, loc: Sequence[str | int], message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
+class UnknownId(LookupError):
+    """A job or batch id the store does not know (404)."""
+
+
+class Unavailable(RuntimeError):
+    """A dependency (the PINN pool) is not ready (503)."""
+
+
+class BodyTooLarge(Exception):
+    """A request body past the configured limit (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+
+
+def validation_errors(errors: Iterable[dict], prefix: Sequence[str | int] = ()) -> list[dict]:
+    """pydantic/FastAPI error dicts reduced to loc, msg and type (no input, context or URL), at most
+    MAX_ERRORS of them: a map full of NaN would otherwise yield one error per pixel."""
+    errors = list(errors)
+    reduced = [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", "invalid"), "type": e.get("type", "value_error")}
+               for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        reduced.append({"loc": list(prefix), "msg": f"and {len(errors) - MAX_ERRORS} more errors", "type": "truncated"})
+    return reduced
+
+
+def unprocessable(errors: list[dict]) -> Response:
+    return JSONResponse({"detail": errors}, 422)
+
+
+def from_validation_error(exc: ValidationError, prefix: Sequence[str | int]) -> Response:
+    return unprocessable(validation_errors(exc.errors(include_url=False, include_input=False,
+                                                      include_context=False), prefix))
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the exception handlers on `app`."""
+
+    async def request_validation(_: Request, exc: RequestValidationError) -> Response:
+        return unprocessable(validation_errors(exc.errors()))
+
+    async def invalid_input(_: Request, exc: InvalidInput) -> Response:
+        return unprocessable([{"loc": ["body", *exc.loc], "msg": str(exc), "type": "value_error"}])
+
+    async def unknown_id(_: Request, exc: UnknownId) -> Response:
+        return JSONResponse({"detail": str(exc)}, 404)
+
+    async def too_large(_: Request, exc: BodyTooLarge) -> Response:
+        return JSONResponse({"detail": str(exc)}, 413)
+
+    async def unavailable(_: Request, exc: Unavailable) -> Response:
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
+
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    async def internal(_: Request, exc: Exception) -> Response:
+        logger.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, 500)
+
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(InvalidInput, invalid_input)
+    app.add_exception_handler(UnknownId, unknown_id)
+    app.add_exception_handler(BodyTooLarge, too_large)
+    app.add_exception_handler(Unavailable, unavailable)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal)

@@ -1,0 +1,54 @@
+"""SyntheticGenerator: renders synthetic convergence maps (CPU) for /synthetic and batch jobs.
+
+It returns the `SyntheticMap` itself (numpy arrays travel by Ray's zero-copy pickling, not as JSON)
+and, when the client asked for a file format, the file's bytes: FITS and PNG encoding is CPU work that
+belongs here rather than on the ingress event loop. JSON is assembled by the ingress, which adds the
+job id. Serve runs `generate` in a thread pool; matplotlib is not thread-safe, so PNG rendering is
+serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ray import serve
+
+from lensing.io import render_png, to_fits_bytes, to_npy_bytes
+from lensing.synthetic import MapRequest, SyntheticMap, generate_map
+
+from .codecs import FITS, JSON, NPY, PNG
+from .metrics import GeneratorMetrics
+
+
+@dataclass
+class GeneratedMap:
+    """A generated map and, for npy/FITS/PNG requests, its encoded file."""
+
+    map: SyntheticMap
+    body: bytes | None = None
+
+
+@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
+class SyntheticGenerator:
+    def __init__(self) -> None:
+        self._metrics = GeneratorMetrics()
+        self._png_lock = threading.Lock()
+        generate_map(MapRequest(grid_size=32))  # warm the cosmology cache before the first request
+
+    def _encode(self, smap: SyntheticMap, fmt: str) -> bytes | None:
+        if fmt == NPY:
+            return to_npy_bytes(smap.convergence)
+        if fmt == FITS:
+            return to_fits_bytes(smap)
+        if fmt == PNG:
+            with self._png_lock:
+                return render_png(smap)
+        return None
+
+    def generate(self, request: MapRequest, fmt: str = JSON) -> GeneratedMap:
+        """Render the map of `request`; `fmt` (a media type) selects the file to encode, if any."""
+        smap = generate_map(request)
+        body = self._encode(smap, fmt)
+        self._metrics.record(request.profile_type, request.scenario, fmt)
+        return GeneratedMap(smap, body)

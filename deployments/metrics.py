@@ -1,0 +1,60 @@
+"""Custom Prometheus metrics (ray.serve.metrics), created inside each replica.
+
+Serve adds the deployment, replica, application and route tags; Ray exports them on each node's
+metrics port with a `ray_` prefix (counters also with `_total`). Endpoint tags are route templates
+(`/api/v1/jobs/{job_id}`), never raw paths, so ids cannot blow up the label cardinality.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128]
+MC_SAMPLES = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+
+class IngressMetrics:
+    """HTTP requests by endpoint, method and status code, and their latency."""
+
+    def __init__(self) -> None:
+        self.requests = Counter("lensing_requests", "HTTP requests by endpoint, method and status code",
+                                tag_keys=("endpoint", "method", "status"))
+        self.latency_ms = Histogram("lensing_request_latency_ms", "HTTP request latency (ms) by endpoint",
+                                    boundaries=LATENCY_MS, tag_keys=("endpoint",))
+
+    def record(self, endpoint: str, method: str, status: int, latency_ms: float) -> None:
+        self.requests.inc(1, tags={"endpoint": endpoint, "method": method, "status": str(status)})
+        self.latency_ms.observe(latency_ms, tags={"endpoint": endpoint})
+
+
+class PredictorMetrics:
+    """PINN batches: size, latency, MC samples per map, maps inferred."""
+
+    def __init__(self) -> None:
+        self.batch_size = Histogram("lensing_pinn_batch_size", "requests per PINN batch",
+                                    boundaries=BATCH_SIZES, tag_keys=("device",))
+        self.latency_ms = Histogram("lensing_inference_latency_ms", "PINN batch inference latency (ms)",
+                                    boundaries=LATENCY_MS, tag_keys=("device",))
+        self.mc_samples = Histogram("lensing_mc_samples", "MC Dropout samples per inferred map",
+                                    boundaries=MC_SAMPLES, tag_keys=("device",))
+        self.maps = Counter("lensing_maps_inferred", "maps run through the PINN", tag_keys=("device",))
+
+    def record_batch(self, device: str, mc_samples: list[int], latency_ms: float) -> None:
+        tags = {"device": device}
+        self.batch_size.observe(len(mc_samples), tags=dict(tags))
+        self.latency_ms.observe(latency_ms, tags=dict(tags))
+        for samples in mc_samples:
+            self.mc_samples.observe(samples, tags=dict(tags))
+        self.maps.inc(len(mc_samples), tags=dict(tags))
+
+
+class GeneratorMetrics:
+    """Synthetic maps generated, by profile, scenario and output format."""
+
+    def __init__(self) -> None:
+        self.maps = Counter("lensing_maps_generated", "synthetic maps generated",
+                            tag_keys=("profile_type", "scenario", "format"))
+
+    def record(self, profile_type: str, scenario: str | None, fmt: str) -> None:
+        self.maps.inc(1, tags={"profile_type": profile_type, "scenario": scenario or "none", "format": fmt})

@@ -1,0 +1,87 @@
+"""ASGI middleware of the ingress, installed in one place (`install`) so hardening can slot in more.
+
+Order, outermost first: request metrics (sees every response, 413s included), then the body-size limit.
+API keys and rate limits (later work) belong between the two, so rejected requests are still counted.
+The body limit rejects a declared Content-Length at once and counts streamed bytes otherwise; a body
+that grows past the limit raises `BodyTooLarge` from `receive`, which the app answers with 413.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from fastapi import FastAPI
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .codecs import json_response
+from .errors import BodyTooLarge
+from .settings import AppSettings
+
+Recorder = Callable[[str, str, int, float], None]  # endpoint, method, status, latency_ms
+
+
+class BodySizeLimit:
+    """413 for bodies over `limit` bytes, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await json_response({"detail": str(BodyTooLarge(self.limit))}, 413)(scope, receive, send)
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class RequestMetrics:
+    """Reports (route template, method, status code, latency) of every HTTP request to `record`.
+
+    The router leaves the matched route in the scope; a request answered before routing (a 413 from the
+    body limit) is matched against `routes` here, so it is still counted under its endpoint.
+    """
+
+    def __init__(self, app: ASGIApp, record: Recorder, routes: Sequence[BaseRoute]) -> None:
+        self.app, self.record, self.routes = app, record, routes
+
+    def endpoint(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes if r.matches(scope)[0] == Match.FULL), None)
+        return getattr(route, "path", None) or "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def capturing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capturing_send)
+        finally:
+            self.record(self.endpoint(scope), scope["method"], status, 1e3 * (time.perf_counter() - started))
+
+
+def install(app: FastAPI, settings: AppSettings, record: Recorder) -> None:
+    """Add the middleware stack; `add_middleware` wraps, so the last added is outermost."""
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, record=record, routes=app.routes)

@@ -1,0 +1,159 @@
+"""PINNPredictor: the PINN pool, dynamic batching over HTTP requests (DESIGN.md section 7).
+
+The route calls `infer(item)`, a `@serve.batch` method: Serve gathers concurrent calls into one list,
+and `Predictor.predict` runs them as one vectorised pass even when their map sizes, geometries and
+mc_samples differ (maps x MC samples per chunk bounded by `max_mc_work`). Each map's dropout masks
+come from its own seed, so a result does not depend on its batch-mates. The batch runs in a worker
+thread, so the replica keeps accepting requests (forming the next batch) while torch computes.
+
+Batch size, batch wait, MC-work bound and torch threads come from `user_config` (`BatchingConfig`)
+through `reconfigure`, so `serve deploy` changes them on live replicas without a restart. A replica
+asks for a GPU fraction in `ray_actor_options.num_gpus`; when torch sees no CUDA device (a CPU
+machine, or a logical GPU without hardware) it computes on the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from lensing.predictor import MapGeometry, Predictor
+
+from .metrics import PredictorMetrics
+from .settings import PredictorSettings
+
+logger = logging.getLogger("ray.serve")
+
+
+class BatchingConfig(BaseModel):
+    """`user_config` of PINNPredictor; applied live by `reconfigure`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(16, ge=1, description="most requests in one PINN batch (<= max_ongoing_requests)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a partial batch waits for more requests")
+    max_mc_work: int = Field(4096, ge=1, description="maps x MC samples evaluated in one vectorised chunk")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS")
+
+
+@dataclass
+class InferenceItem:
+    """One map to infer, as it travels from the ingress to the pool (numpy, not JSON)."""
+
+    kappa: np.ndarray
+    geometry: MapGeometry
+    mc_samples: int
+    seed: int
+    refine: bool = False
+
+
+@dataclass
+class InferenceFailure:
+    """A per-item failure returned in place of a result, so one bad map cannot fail its batch-mates."""
+
+    message: str
+    bad_input: bool
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' or 'cuda' -> 'cuda' if torch sees a CUDA device, else 'cpu' (logged when 'cuda' was asked)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    if requested == "cpu" or torch.cuda.is_available():
+        return "cpu" if requested == "cpu" else "cuda"
+    if requested == "cuda":
+        logger.warning("device 'cuda' requested but torch sees no CUDA device; using the CPU")
+    return "cpu"
+
+
+@serve.deployment(
+    max_ongoing_requests=64,
+    user_config=BatchingConfig().model_dump(),
+    ray_actor_options={"num_cpus": 1, "num_gpus": 0},
+)
+class PINNPredictor:
+    def __init__(self, settings: PredictorSettings | None = None) -> None:
+        settings = settings or PredictorSettings()
+        self.device = resolve_device(settings.device)
+        if settings.weights is not None:
+            self.predictor = Predictor.from_files(settings.weights, settings.card, device=self.device)
+        else:
+            self.predictor = Predictor.from_package(device=self.device)
+        self.config = BatchingConfig()
+        self.batch_sizes: Counter[int] = Counter()
+        self._metrics = PredictorMetrics()
+        self.predictor.predict([np.zeros((64, 64))], mc_samples=2, seed=0)  # warm up torch before traffic
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply a `BatchingConfig` to the running replica (called by Serve on deploy and on changes)."""
+        config = BatchingConfig.model_validate(user_config)
+        limit = serve.get_replica_context()._deployment_config.max_ongoing_requests
+        if config.max_batch_size > limit:
+            raise ValueError(f"max_batch_size ({config.max_batch_size}) must not exceed max_ongoing_requests "
+                             f"({limit}): a replica never holds more requests than that to batch")
+        self.infer.set_max_batch_size(config.max_batch_size)
+        self.infer.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
+        self.config = config
+
+    def _predict(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """One vectorised call for the batch; if it raises, each item alone so the failure stays its own."""
+        try:
+            return self.predictor.predict(
+                [i.kappa for i in items], [i.geometry for i in items], mc_samples=[i.mc_samples for i in items],
+                refine=[i.refine for i in items], seed=[i.seed for i in items], max_mc_work=self.config.max_mc_work)
+        except Exception:
+            if len(items) == 1:
+                raise
+        results: list[dict | InferenceFailure] = []
+        for item in items:
+            try:
+                results.extend(self._predict([item]))
+            except ValueError as exc:
+                results.append(InferenceFailure(str(exc), bad_input=True))
+            except Exception as exc:  # noqa: BLE001 - reported to that request only
+                logger.exception("inference failed for one map")
+                results.append(InferenceFailure(f"inference failed: {type(exc).__name__}", bad_input=False))
+        return results
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def infer(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """Infer a batch of maps (callers pass one `InferenceItem` and get its dict or failure)."""
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._predict, items)
+        except ValueError as exc:
+            results = [InferenceFailure(str(exc), bad_input=True)]
+        latency_ms = 1e3 * (time.perf_counter() - started)
+        self.batch_sizes[len(items)] += 1
+        self._metrics.record_batch(self.device, [i.mc_samples for i in items], latency_ms)
+        serving = {"batch_size": len(items), "device": self.device}
+        return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
+
+    def info(self) -> dict:
+        """Model card summary for /api/v1/models, plus the device this replica computes on."""
+        return self.predictor.info() | {"device": self.device, "loaded": True}
+
+    def settings(self) -> dict:
+        """Live batching settings and identity of this replica (for operators and tests)."""
+        context = serve.get_replica_context()
+        return {
+            **self.config.model_dump(),
+            "device": self.device,
+            "torch_threads": torch.get_num_threads(),
+            "pid": os.getpid(),
+            "actor_id": ray.get_runtime_context().get_actor_id(),
+            "replica_id": context.replica_id.unique_id,
+            "batch_sizes": dict(self.batch_sizes),
+        }

@@ -1,0 +1,252 @@
+"""Pydantic v2 models of the v1 HTTP API: field names of the original specification (DESIGN.md section 6).
+
+Requests are validated strictly: map pixels must be finite JSON numbers (booleans and strings are
+refused), host parameters must lie in the API box. Shape rules that a JSON schema cannot express
+(ragged rows, non-square maps, map size) are checked by `codecs.map_from_json`. Responses carry
+extra fields beyond the original shapes (percentiles, seed, geometry), never fewer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from lensing.halo import ELLIPTICITY_RANGE, GRID_SIZES, MASS_RANGE, SCALE_RADIUS_RANGE
+from lensing.profiles import PROFILE_TYPES
+from lensing.scenarios import SCENARIOS
+
+API_VERSION = "1.0.0"
+INFERENCE_MAP_SIZES = (16, 512)  # square maps accepted by /inference (DESIGN.md section 3)
+MC_SAMPLES_RANGE = (1, 1000)
+DEFAULT_MC_SAMPLES = 50
+MAX_SEED = 2**63 - 1
+
+Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+MapRows = list[list[Pixel]]
+ProfileType = Literal[PROFILE_TYPES]  # type: ignore[valid-type]
+Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
+GridSize = Literal[GRID_SIZES]  # type: ignore[valid-type]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Geometry(_Model):
+    """Geometry of a map: field of view and redshifts (DESIGN.md section 3 defaults)."""
+
+    fov_kpc: float = Field(1000.0, gt=0, le=1e5, description="side of the square map, physical kpc")
+    z_lens: float = Field(0.5, gt=0, le=10)
+    z_source: float = Field(2.0, gt=0, le=20)
+
+    @field_validator("z_source")
+    @classmethod
+    def _source_behind_lens(cls, value: float, info: ValidationInfo) -> float:
+        z_lens = info.data.get("z_lens")
+        if z_lens is not None and value <= z_lens:
+            raise ValueError(f"z_source must be larger than z_lens ({z_lens})")
+        return value
+
+
+class SyntheticRequest(Geometry):
+    """A synthetic convergence map: host halo, optional dark-matter scenario, optional noise."""
+
+    profile_type: ProfileType = "NFW"
+    mass: float = Field(
+        2e12, ge=MASS_RANGE[0], le=MASS_RANGE[1], validation_alias=AliasChoices("mass", "M_vir"),
+        description="virial mass M_200c in Msun (alias M_vir)",
+    )
+    scale_radius: float = Field(200.0, ge=SCALE_RADIUS_RANGE[0], le=SCALE_RADIUS_RANGE[1], description="kpc")
+    ellipticity: float = Field(0.0, ge=ELLIPTICITY_RANGE[0], le=ELLIPTICITY_RANGE[1], description="(1-q)/(1+q)")
+    position_angle: float = Field(0.0, ge=-360, le=360, description="degrees, counter-clockwise from +x")
+    grid_size: GridSize = 64
+    scenario: Scenario | None = Field(None, description="dark-matter substructure; null: smooth host")
+    seed: Seed | None = Field(None, description="seed of scenario and noise; drawn and reported when null")
+    noise_sigma: float = Field(0.0, ge=0, le=10, description="Gaussian noise added to kappa")
+    arcsec: bool = Field(False, description="also return the coordinates in arcsec")
+
+    @field_validator("ellipticity")
+    @classmethod
+    def _round_means_round(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("profile_type") == "NFW" and value != 0:
+            raise ValueError("ellipticity must be 0 for profile_type 'NFW'; use 'Elliptical NFW'")
+        return value
+
+
+class Coordinates(BaseModel):
+    X: list[list[float]]
+    Y: list[list[float]]
+    unit: str = "kpc"
+    X_arcsec: list[list[float]] | None = None
+    Y_arcsec: list[list[float]] | None = None
+
+
+class SyntheticResponse(BaseModel):
+    job_id: str
+    convergence_map: list[list[float]]
+    coordinates: Coordinates
+    metadata: dict[str, Any]
+    parameters: dict[str, Any]
+    geometry: dict[str, Any]
+    timestamp: str
+
+
+class InferenceOptions(Geometry):
+    """Inference settings; query parameters for npy/FITS bodies, fields of the JSON body otherwise."""
+
+    target_size: int = Field(64, description="network input size; must equal the model's input size")
+    mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1],
+                            description="MC Dropout samples; 1 = deterministic point estimate")
+    seed: Seed | None = Field(None, description="dropout seed; drawn and reported when null")
+    refine: bool = Field(False, description="refine the estimate with the physics renderer")
+
+
+class InferenceRequest(InferenceOptions):
+    """JSON body of /api/v1/inference: a square map of finite numbers, 16..512 pixels a side."""
+
+    convergence_map: MapRows
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Serving(BaseModel):
+    batch_size: int = Field(description="requests in the PINN batch this one ran in")
+    device: str
+
+
+class InferenceResult(BaseModel):
+    predictions: dict[str, float]
+    uncertainties: dict[str, float] | None
+    classification: dict[str, float]
+    predicted_class: str
+    entropy: float
+    mutual_information: float
+    mc_samples: int
+    refined: bool
+
+
+class InferenceResponse(InferenceResult):
+    job_id: str
+    seed: int
+    model: ModelRef
+    serving: Serving
+    timestamp: str
+
+
+class BatchMap(Geometry):
+    convergence_map: MapRows
+
+
+class BatchRequest(_Model):
+    """Items in order: job_ids (earlier synthetic jobs), then synthetic specs, then maps."""
+
+    job_ids: list[str] = []
+    synthetic: list[SyntheticRequest] = []
+    maps: list[BatchMap] = []
+    mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1])
+    seed: Seed | None = Field(None, description="base seed; item k uses seed + k")
+    refine: bool = False
+
+
+class BatchSubmitted(BaseModel):
+    batch_id: str
+    message: str
+    status_url: str
+    total: int
+    job_ids: list[str]
+
+
+class BatchItem(BaseModel):
+    index: int
+    job_id: str
+    source: Literal["job", "synthetic", "map"]
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class BatchStatus(BaseModel):
+    batch_id: str
+    status: Literal["queued", "running", "completed", "failed"]
+    progress: float = Field(description="percent of items finished")
+    total: int
+    completed: int
+    failed: int
+    results: list[BatchItem]
+    error: str | None = None
+    created: str
+    updated: str
+
+
+class JobRecord(BaseModel):
+    job_id: str
+    kind: str
+    status: str
+    batch_id: str | None = None
+    created: str
+    updated: str
+    request: dict[str, Any]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Stats(BaseModel):
+    total_jobs: int
+    active_jobs: int
+    completed_jobs: int
+    failed_jobs: int
+    total_batches: int
+    active_batches: int
+    requests: dict[str, dict[str, int]] = Field(description="endpoint -> status code -> count")
+    model_loaded: bool
+    gpu_available: bool
+    timestamp: str
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "degraded"]
+    timestamp: str
+    version: str
+    gpu_available: bool
+    model_loaded: bool
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    description: str = "Physics-informed neural network for lensing analysis, with calibrated MC Dropout"
+    input_size: list[int]
+    output_parameters: list[str]
+    class_names: list[str]
+    calibration: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    sha256: str = ""
+    device: str
+    loaded: bool = True
+
+
+class Models(BaseModel):
+    models: list[ModelInfo]
+
+
+class Root(BaseModel):
+    message: str
+    version: str
+    docs: str
+    health: str
+    openapi: str
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    detail: str | list[ErrorItem]

@@ -1,0 +1,116 @@
+"""Helpers of the live Serve tests: test configs, `serve deploy` onto a private cluster, waiting, replicas.
+
+Configs are derived from the shipped serve_config.yaml (so the tests exercise it), with a free HTTP port,
+a temporary store and short timers. Deploys go through the `serve` CLI, as an operator would.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from tests.ray_cluster import VENV_BIN, LocalRayCluster
+
+REPO = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = REPO / "serve_config.yaml"
+GPU_CONFIG = REPO / "configs" / "serve-gpu.yaml"
+APP = "lensing"
+MIB = 1024 * 1024
+
+
+@dataclass
+class LiveService:
+    """The deployed test app: its URL, the config it runs and where that config lives."""
+
+    cluster: LocalRayCluster
+    base_url: str
+    config: dict
+    config_path: Path
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def make_config(port: int, store_path: Path) -> dict:
+    """serve_config.yaml with a free port, a temporary store and timers short enough for tests.
+
+    LENSING_SERVE_TEST_WEIGHTS=DIR (pinn.safetensors + pinn_card.json) serves a candidate model instead of
+    the shipped one, e.g. to check new weights before they replace lensing/weights.
+    """
+    config = load_yaml(SERVE_CONFIG)
+    config["http_options"]["port"] = port
+    args = config["applications"][0]["args"]
+    args.update(store_path=str(store_path), max_body_bytes=8 * MIB, stats_flush_s=0.5)
+    args["batch"].update(concurrency=2, lease_ttl_s=3.0)
+    if weights := os.environ.get("LENSING_SERVE_TEST_WEIGHTS"):
+        args["predictor"].update(weights=f"{weights}/pinn.safetensors", card=f"{weights}/pinn_card.json")
+    predictor = deployment(config, "PINNPredictor")
+    predictor["user_config"]["batch_wait_timeout_s"] = 0.01
+    return config
+
+
+def deployment(config: dict, name: str, app: str = APP) -> dict:
+    """The `deployments` entry called `name` of application `app` in a config."""
+    application = next(a for a in config["applications"] if a["name"] == app)
+    return next(d for d in application["deployments"] if d["name"] == name)
+
+
+def with_changes(config: dict, change: Callable[[dict], Any]) -> dict:
+    changed = copy.deepcopy(config)
+    change(changed)
+    return changed
+
+
+def serve_deploy(cluster: LocalRayCluster, config: dict, path: Path) -> None:
+    """`serve deploy` a config dict (written to `path`) onto the cluster."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = subprocess.run([str(VENV_BIN / "serve"), "deploy", str(path), "-a", cluster.dashboard_url],
+                            env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.5) -> Any:
+    """Poll `predicate` until it returns something truthy; fail with `message` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (requests.RequestException, OSError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{message} (after {timeout:.0f} s)")
+        time.sleep(interval)
+
+
+def healthy(base_url: str) -> bool:
+    return requests.get(base_url + "/health", timeout=5).status_code == 200
+
+
+def readme_section(heading: str = "## Run the service") -> str:
+    """The README section `heading` (README.md if it has it, else notes/README_serve.md)."""
+    for path in (REPO / "README.md", REPO / "notes" / "README_serve.md"):
+        if path.exists() and heading in (text := path.read_text()):
+            section = text[text.index(heading) + len(heading):]
+            following = re.search(r"^## ", section, flags=re.MULTILINE)
+            return section[: following.start()] if following else section
+    raise FileNotFoundError(f"no file has the section {heading!r}")
+
+
+def code_blocks(markdown: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL)
