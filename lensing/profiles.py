@@ -143,8 +143,22 @@ class NFW(Profile):
         return magnitude * dx / radius, magnitude * dy / radius
 
 
+class _CentredEllipticalProfile(Profile):
+    """A profile centred on the map and symmetric under (x, y) -> (-x, -y): half a map suffices."""
+
+    @abstractmethod
+    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """kappa at float64 arrays (x, y)."""
+
+    def convergence(self, x, y) -> np.ndarray:
+        return _blockwise(self._convergence, x, y)
+
+    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+        return _point_symmetric_map(self.convergence, grid_size, fov_kpc)
+
+
 @dataclass(frozen=True)
-class EllipticalNFW(Profile):
+class EllipticalNFW(_CentredEllipticalProfile):
     """NFW convergence evaluated at the elliptical radius xi (DESIGN.md section 3)."""
 
     kappa_s: float
@@ -176,15 +190,9 @@ class EllipticalNFW(Profile):
         form = _quadratic_form(self.q, self.position_angle_deg, self.r_s)
         return 2.0 * self.kappa_s * nfw_projected_sq(_evaluate_form(form, x, y))
 
-    def convergence(self, x, y) -> np.ndarray:
-        return _blockwise(self._convergence, x, y)
-
-    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
-        return _point_symmetric_map(self.convergence, grid_size, fov_kpc)
-
 
 @dataclass(frozen=True)
-class CoredNFW(Profile):
+class CoredNFW(_CentredEllipticalProfile):
     """Cored NFW rho = rho_s / ((r + r_c)/r_s (1 + r/r_s)^2), r_c = core_fraction * r_s (SIDM hosts).
 
     Optionally elliptical in the same way as EllipticalNFW. rho_s and r_s are those of the NFW host.
@@ -211,12 +219,6 @@ class CoredNFW(Profile):
     def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         form = _quadratic_form(q_from_ellipticity(self.ellipticity), self.position_angle_deg, self.r_s)
         return 2.0 * self.kappa_s * cored_nfw_projected_sq(_evaluate_form(form, x, y), self.core_fraction)
-
-    def convergence(self, x, y) -> np.ndarray:
-        return _blockwise(self._convergence, x, y)
-
-    def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
-        return _point_symmetric_map(self.convergence, grid_size, fov_kpc)
 
 
 @dataclass(frozen=True)
