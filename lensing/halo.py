@@ -60,22 +60,24 @@ def characteristic_density(c, rho_crit: float):
     return DELTA_CRIT / 3.0 * rho_crit * c**3 / nfw_mass_function(c)
 
 
-def mass_from_lensing(kappa_s, r_s, geometry: LensGeometry, iterations: int = 56):
+def mass_from_lensing(kappa_s, r_s, geometry: LensGeometry, iterations: int = 12):
     """Invert (kappa_s, r_s [kpc]) to (M_200c [Msun], c), vectorised for numpy arrays or torch tensors.
 
-    rho_s = kappa_s Sigma_cr / r_s fixes c through rho_s / rho_crit = (200/3) c^3 / m(c), which grows
-    monotonically with c; 56 bisections of log c over [1e-3, 1e4] reach float64 precision (2e-16).
+    rho_s = kappa_s Sigma_cr / r_s fixes c through g(y) = ln((200/3) c^3 / m(c)) - ln(rho_s / rho_crit) = 0,
+    y = ln c. Newton's method on y converges from any start: g'(y) = 3 - c^2 / ((1+c)^2 m(c)) lies in
+    [1, 3], so g is strictly increasing with a slope that varies by at most 3x; 12 steps from c = 3
+    reach float64 precision over c in [1e-3, 1e4] (the MC summaries invert B x T samples per call).
     """
     xp = namespace(kappa_s)
-    contrast = kappa_s * geometry.sigma_crit / r_s / geometry.rho_crit
-    lo = xp.full_like(contrast, math.log(1e-3))
-    hi = xp.full_like(contrast, math.log(1e4))
+    log_target = xp.log(kappa_s * geometry.sigma_crit / r_s / geometry.rho_crit)
+    y = xp.full_like(log_target, math.log(3.0))
     for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        too_dense = characteristic_density(xp.exp(mid), 1.0) > contrast
-        hi = xp.where(too_dense, mid, hi)
-        lo = xp.where(too_dense, lo, mid)
-    c = xp.exp(0.5 * (lo + hi))
+        c = xp.exp(y)
+        m = nfw_mass_function(c)
+        residual = math.log(DELTA_CRIT / 3.0) + 3.0 * y - xp.log(m) - log_target
+        slope = 3.0 - c**2 / ((1.0 + c) ** 2 * m)
+        y = xp.clip(y - residual / slope, math.log(1e-3), math.log(1e4))
+    c = xp.exp(y)
     mass = 4.0 / 3.0 * math.pi * DELTA_CRIT * geometry.rho_crit * (c * r_s) ** 3
     return mass, c
 
