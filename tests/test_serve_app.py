@@ -80,12 +80,17 @@ def npy_bytes(array) -> bytes:
 
 
 def assert_same_result(a: dict, b: dict) -> None:
-    """Equal up to float32 round-off: torch may pick other kernels for other batch shapes (~1e-7 relative)."""
+    """Equal up to float32 round-off: torch may pick other kernels for other batch shapes (~1e-7 of each
+    network output's scale, so an absolute 1e-6 for values near zero such as a small ellipticity; the
+    position angle is ill-posed as e -> 0 and gets 0.01 degree)."""
     for key in ("predictions", "uncertainties", "classification"):
         if a[key] is None or b[key] is None:
             assert a[key] is b[key] is None, key
-        else:
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), key
+            continue
+        assert a[key].keys() == b[key].keys(), key
+        for name, value in a[key].items():
+            tolerance = 1e-2 if name.startswith("position_angle") else 1e-6
+            assert value == pytest.approx(b[key][name], rel=1e-5, abs=tolerance), (key, name)
 
 
 def predictor_settings() -> dict:
