@@ -23,16 +23,11 @@ from ..predictor import MapGeometry, Predictor, PredictionBatch
 from ..scenarios import SCENARIOS
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
-from .encoding import REPORTED, physical_from_theta, reported_from_physical
+from .encoding import REPORTED, reported_array
 
 OTHER_GEOMETRY = MapGeometry(fov_kpc=750.0, z_lens=0.35, z_source=1.2)
 NOISE_SIGMA = 0.01
 CHUNK = 250
-
-
-def _truth(theta: np.ndarray, geometry: MapGeometry) -> np.ndarray:
-    reported = reported_from_physical(physical_from_theta(theta, geometry.lens, geometry.fov_kpc))
-    return np.stack([reported[name] for name in REPORTED], axis=-1)
 
 
 def _predicted(batch: PredictionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,7 +54,7 @@ def run_set(predictor: Predictor, n: int, seed: int, geometry: MapGeometry, nois
         result = predictor.predict_batch(batch.maps.numpy().astype(np.float64), geometry, mc_samples, refine,
                                          seed=list(range(seed * 1_000_003 + start, seed * 1_000_003 + start + size)))
         centre, half68, half95 = _predicted(result)
-        parts["truth"].append(_truth(batch.theta.double().numpy(), geometry))
+        parts["truth"].append(reported_array(batch.theta.double().numpy(), geometry.lens, geometry.fov_kpc))
         parts["centre"].append(centre)
         parts["half68"].append(half68)
         parts["half95"].append(half95)
