@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from lensing import MapRequest, generate_map
-from lensing.pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
+from lensing.pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, export_weights, load_pretrained, load_weights
 from lensing.pinn.evaluate import run_set, summarise_set
+from lensing.pinn.model import PINN, PINNConfig
+from lensing.pinn.preprocess import prepare_input
 from lensing.pinn.sampling import dropout_masks
 from lensing.pinn.train import load_config, train
 from lensing.predictor import MapGeometry, Predictor
@@ -138,7 +140,7 @@ def test_every_dropout_site_is_active_when_sampling(predictor):
         assert mask.shape == (100, dim)
         zero_fraction = float((mask == 0).float().mean())
         assert abs(zero_fraction - model.head.p) < 0.05
-    features = torch.randn(100, model.config.feature_dim)
+    features = torch.randn(100, model.encoder.out_dim)
     ones = tuple(torch.ones_like(m) for m in masks)
     for site in range(len(masks)):
         only_one = tuple(masks[i] if i == site else ones[i] for i in range(len(masks)))
@@ -227,3 +229,20 @@ def test_training_from_scratch_reduces_loss_and_resumes(tmp_path):
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 50  # resumed at step 40, not 0
     model, _ = load_weights(tmp_path / WEIGHTS_NAME, tmp_path / CARD_NAME)
     assert model.config.widths == (16, 32, 64)
+
+
+def test_fine_tuning_can_add_the_substructure_branch(tmp_path):
+    """--init-from into an architecture with the substructure branch starts from the source's exact outputs."""
+    small = {"widths": (8, 16, 32), "feature_dim": 32, "head_hidden": 32}
+    torch.manual_seed(0)
+    source = PINN(PINNConfig(**small)).eval()
+    export_weights(source, {"name": "PINN"}, tmp_path)
+    extended = PINN(PINNConfig(**small, detail_widths=(4, 8))).eval()
+    new = load_pretrained(extended, tmp_path / WEIGHTS_NAME, tmp_path / CARD_NAME)
+    assert "head.hidden.weight[:, 32:]" in new and any(name.startswith("encoder.detail.") for name in new)
+    x = prepare_input(torch.stack([torch.as_tensor(m, dtype=torch.float32) for m in _maps(2)]), 64)
+    with torch.no_grad():
+        for before, after in zip(source(x), extended(x)):
+            assert torch.allclose(before, after, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        load_pretrained(PINN(PINNConfig(**(small | {"head_hidden": 16}))), tmp_path / WEIGHTS_NAME, tmp_path / CARD_NAME)

@@ -63,6 +63,33 @@ def load_weights(weights_path: Path, card_path: Path, device: torch.device | str
     return model.to(device).eval(), card
 
 
+def load_pretrained(model: PINN, weights_path: Path, card_path: Path) -> list[str]:
+    """Fine-tuning start: copy verified weights into `model`, which may add modules; returns what is new.
+
+    Tensors of modules the source lacks keep their fresh initialisation. A linear layer whose input grew
+    (new features appended to its input) gets the source weights in its leading columns and zeros in the
+    new ones, so the fine-tune starts from exactly the source network's outputs. Any other mismatch is
+    an error.
+    """
+    source, _ = load_weights(weights_path, card_path)
+    target = model.state_dict()
+    new_names = [name for name in target if name not in source.state_dict()]
+    for name, tensor in source.state_dict().items():
+        if name not in target:
+            raise ValueError(f"weights in {weights_path} do not fit the configured architecture: {name} is not in it")
+        current = target[name]
+        if current.shape == tensor.shape:
+            current.copy_(tensor)
+        elif current.ndim == 2 and current.shape[0] == tensor.shape[0] and current.shape[1] > tensor.shape[1]:
+            current.zero_()
+            current[:, : tensor.shape[1]] = tensor
+            new_names.append(f"{name}[:, {tensor.shape[1]}:]")
+        else:
+            raise ValueError(f"{name}: shape {tuple(tensor.shape)} in {weights_path}, {tuple(current.shape)} configured")
+    model.load_state_dict(target)
+    return new_names
+
+
 def save_training_checkpoint(path: Path, model: PINN, optimizer, scheduler, step: int, extra: dict) -> None:
     """Atomic training checkpoint (tensors and plain data only, loaded with weights_only=True)."""
     tmp = path.with_suffix(".tmp")

@@ -23,6 +23,7 @@ class PINNConfig:
     widths: tuple[int, ...] = (48, 96, 192)
     feature_dim: int = 256
     profile_bins: int = 24
+    detail_widths: tuple[int, ...] = ()  # empty: no substructure branch (the 1.0 architecture)
     head_hidden: int = 256
     dropout: float = 0.1
     n_theta: int = 4
@@ -35,6 +36,7 @@ class PINNConfig:
     def from_dict(cls, data: dict) -> "PINNConfig":
         data = dict(data)
         data["widths"] = tuple(data["widths"])
+        data["detail_widths"] = tuple(data.get("detail_widths", ()))
         return cls(**data)
 
 
@@ -77,10 +79,47 @@ class RadialProfile(nn.Module):
         return (x.flatten(2) @ self.weights).flatten(1)
 
 
-class Encoder(nn.Module):
-    """Patchify stem (stride 4), residual stages with 2x downsampling, flatten; plus the radial profile.
+class SubstructureBranch(nn.Module):
+    """Small-scale structure: a high-pass of the log-like kappa channel, a full-resolution CNN, pooling.
 
-    Convolutional features and the ring means of the kappa channels are merged by a linear layer.
+    Subhalos are one-pixel bumps on a host that spans decades; subtracting a fixed Gaussian blur (sigma
+    one pixel) removes the host and leaves the bumps, which the stride-4 stem of the main encoder would
+    average away. Normalisation is per map (GroupNorm with one group), so noisy maps in a batch do not
+    swamp the faint bumps of clean ones. Mean and max pooling read out how many bumps there are and how
+    strong the largest is: what separates CDM (many small subhalos) from WDM (few).
+    """
+
+    BLUR_SIGMA_PX = 1.0
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        offsets = torch.arange(-2, 3, dtype=torch.float64)
+        kernel_1d = torch.exp(-0.5 * (offsets / self.BLUR_SIGMA_PX) ** 2)
+        kernel = torch.outer(kernel_1d, kernel_1d)
+        self.register_buffer("blur", (kernel / kernel.sum()).float()[None, None], persistent=False)
+        layers: list[nn.Module] = []
+        previous = 1
+        for index, width in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(1, width), nn.GELU()]
+            previous = width
+        self.body = nn.Sequential(*layers)
+        self.project = nn.Linear(2 * previous, previous)
+        self.out_dim = previous
+
+    def forward(self, log_kappa: torch.Tensor) -> torch.Tensor:
+        """(B, 1, N, N) log-like channel -> (B, out_dim) features."""
+        smooth = F.conv2d(F.pad(log_kappa, (2, 2, 2, 2), mode="replicate"), self.blur)
+        y = self.body(log_kappa - smooth)
+        return F.gelu(self.project(torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(2, 3))], dim=1)))
+
+
+class Encoder(nn.Module):
+    """Patchify stem (stride 4), residual stages with 2x downsampling, flatten; plus the radial profile
+    and, when configured, the substructure branch.
+
+    Convolutional features and the ring means of the kappa channels are merged by a linear layer; the
+    substructure features are appended to them (`out_dim` = feature_dim + the branch's width).
     """
 
     def __init__(self, config: PINNConfig) -> None:
@@ -101,10 +140,15 @@ class Encoder(nn.Module):
         profile_dim = (config.in_channels - 1) * config.profile_bins  # the radius channel is not profiled
         self.profile_mlp = nn.Sequential(nn.Linear(profile_dim, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU())
         self.features = nn.Linear(widths[-1] * side * side + 256, config.feature_dim)
+        self.detail = SubstructureBranch(config.detail_widths) if config.detail_widths else None
+        self.out_dim = config.feature_dim + (self.detail.out_dim if self.detail is not None else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         profile = self.profile_mlp(self.profile(x[:, :-1]))
-        return F.gelu(self.features(torch.cat([self.body(x).flatten(1), profile], dim=1)))
+        features = F.gelu(self.features(torch.cat([self.body(x).flatten(1), profile], dim=1)))
+        if self.detail is None:
+            return features
+        return torch.cat([features, self.detail(x[:, :1])], dim=1)
 
 
 class StochasticHead(nn.Module):
@@ -112,13 +156,13 @@ class StochasticHead(nn.Module):
 
     n_dropout_sites = 2
 
-    def __init__(self, config: PINNConfig) -> None:
+    def __init__(self, config: PINNConfig, in_dim: int) -> None:
         super().__init__()
         self.p = config.dropout
         self.n_theta = config.n_theta
-        self.hidden = nn.Linear(config.feature_dim, config.head_hidden)
+        self.hidden = nn.Linear(in_dim, config.head_hidden)
         self.out = nn.Linear(config.head_hidden, config.n_theta + config.n_classes)
-        self.site_dims = (config.feature_dim, config.head_hidden)
+        self.site_dims = (in_dim, config.head_hidden)
 
     def forward(self, features: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Masks (scaled by 1/(1-p)) make the pass stochastic; without masks dropout follows self.training."""
@@ -138,7 +182,7 @@ class PINN(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.head = StochasticHead(config)
+        self.head = StochasticHead(config, self.encoder.out_dim)
 
     def forward(self, x: torch.Tensor):
         return self.head(self.encoder(x))

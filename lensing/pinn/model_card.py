@@ -31,6 +31,16 @@ def _metrics_section(metrics: dict) -> str:
     return "\n\n".join(parts) or "Not evaluated yet."
 
 
+def _provenance_lines(source: dict | None, depth: int = 0) -> str:
+    """Bullets naming the weights a fine-tune started from, back to the run trained from scratch."""
+    if not source:
+        return ""
+    indent = "  " * depth
+    line = (f"{indent}- Fine-tuned from {source.get('name')} {source.get('version')} (SHA-256 `{source.get('sha256')}`), "
+            f"trained by `{source.get('training_command')}` in {source.get('training_seconds_this_run')} s.\n")
+    return line + _provenance_lines(source.get("initialised_from"), depth + 1)
+
+
 def render_markdown(card: dict) -> str:
     """A human-readable card: training command, data recipe, seed, calibration, measured metrics."""
     return f"""# Model card: {card.get('name', 'PINN')} {card.get('version', '')}
@@ -40,7 +50,7 @@ def render_markdown(card: dict) -> str:
 - Weights: `pinn.safetensors`, SHA-256 `{card.get('sha256', '?')}` (checked on load).
 - Training command: `{card.get('training_command', '?')}`
 - Seed: {card.get('seed')}; training time of the last run: {card.get('training_seconds_this_run')} s.
-
+{_provenance_lines(card.get('initialised_from'))}
 ## Architecture
 
 ```json

@@ -30,8 +30,9 @@ from .checkpoint import (
     CARD_NAME,
     WEIGHTS_NAME,
     export_weights,
+    load_pretrained,
     load_training_checkpoint,
-    load_weights,
+    read_card,
     save_training_checkpoint,
 )
 from .data import DataRecipe, make_batch
@@ -46,6 +47,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    version: str = "1.0.0"
     seed: int = 1
     steps: int = Field(12000, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -107,11 +109,12 @@ def train(config: TrainConfig, output: Path, resume: bool = True, command: str =
     output.mkdir(parents=True, exist_ok=True)
     scaler = ThetaScaler()
     recipe = config.recipe()
+    model = PINN(config.pinn_config())
+    initialised_from = None
     if config.init_from:
         directory = Path(config.init_from)
-        model, _ = load_weights(directory / WEIGHTS_NAME, directory / CARD_NAME)
-    else:
-        model = PINN(config.pinn_config())
+        load_pretrained(model, directory / WEIGHTS_NAME, directory / CARD_NAME)
+        initialised_from = _provenance(read_card(directory / CARD_NAME))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
@@ -144,17 +147,24 @@ def train(config: TrainConfig, output: Path, resume: bool = True, command: str =
     calibration = fit_calibration(model, scaler, recipe, n_maps=config.validation_maps, seed=config.seed + 10_000)
     card = {
         "name": "PINN",
-        "version": "1.0.0",
+        "version": config.version,
         "description": "Physics-informed CNN for NFW host parameters and dark-matter scenario, MC Dropout head.",
         "training_command": command,
         "training_config": config.model_dump(),
         "data_recipe": recipe.__dict__,
         "seed": config.seed,
         "training_seconds_this_run": round(time.time() - started, 1),
+        "initialised_from": initialised_from,
         "theta_scaler": {"mean": scaler.mean, "scale": scaler.scale},
         "calibration": calibration,
     }
     return export_weights(model, card, output)
+
+
+def _provenance(card: dict) -> dict:
+    """What a fine-tune started from: the source card's identity, command and cost (and its own source)."""
+    keys = ("name", "version", "sha256", "training_command", "training_seconds_this_run", "initialised_from")
+    return {key: card.get(key) for key in keys}
 
 
 def add_parser(subparsers) -> None:
