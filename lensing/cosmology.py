@@ -18,6 +18,9 @@ DEFAULT_Z_LENS = 0.5
 DEFAULT_Z_SOURCE = 2.0
 DEFAULT_H0 = 70.0
 DEFAULT_OM0 = 0.3
+# The nearest lens we model: 4 Mpc away. Closer, the lens distance underflows (z -> 0 makes D_l -> 0 and
+# Sigma_cr -> infinity) and nothing observable is lensed; the API shares this bound.
+MIN_Z_LENS = 1e-3
 
 _SIGMA_UNIT = u.Msun / u.kpc**2
 _RHO_UNIT = u.Msun / u.kpc**3
@@ -55,6 +58,8 @@ def _check_redshifts(z_lens: float, z_source: float) -> None:
     for name, value in (("z_lens", z_lens), ("z_source", z_source)):
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a finite positive redshift, got {value!r}")
+    if z_lens < MIN_Z_LENS:
+        raise ValueError(f"z_lens must be at least {MIN_Z_LENS}, got {z_lens!r}")
     if z_source <= z_lens:
         raise ValueError(f"z_source ({z_source}) must be larger than z_lens ({z_lens})")
 

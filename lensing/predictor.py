@@ -32,6 +32,9 @@ from .pinn.sampling import sample_theta, summarise
 from .scenarios import SCENARIOS
 
 MAP_SIZE_LIMITS = (16, 512)
+# The model's input domain: |kappa| at most this. Physical maps stay below ~1e2 even at a cusp pixel
+# (noise included); far beyond, the float32 input normalisation overflows and the estimate is meaningless.
+MAX_ABS_KAPPA = 1e4
 MC_SAMPLES_LIMITS = (1, 1000)
 OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentration")
 INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity")  # order matches REPORTED
@@ -68,6 +71,8 @@ def validate_maps(maps) -> np.ndarray:
         raise ValueError(f"convergence_map size must be in {MAP_SIZE_LIMITS[0]}..{MAP_SIZE_LIMITS[1]} px, got {size}")
     if not np.isfinite(array).all():
         raise ValueError("convergence_map contains NaN or Inf")
+    if np.abs(array).max() > MAX_ABS_KAPPA:
+        raise ValueError(f"convergence_map values must lie within +-{MAX_ABS_KAPPA:g}, got {np.abs(array).max():.3g}")
     return array.astype(np.float64, copy=False)
 
 
@@ -254,6 +259,9 @@ class Predictor:
                     np.stack([arrays[k] for k in part]), geometry, samples, do_refine, [seeds[k] for k in part]
                 )
                 for k, record in zip(part, batch.to_records()):
+                    numbers = [*record["predictions"].values(), *(record["uncertainties"] or {}).values()]
+                    if not np.isfinite(numbers).all():  # a map far from any halo the model can describe
+                        raise ValueError(f"convergence_map {k}: the model's estimate is not finite for this map")
                     results[k] = record
         return results  # type: ignore[return-value]
 

@@ -15,6 +15,7 @@ from lensing.pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME
 from lensing.pinn.evaluate import run_set, summarise_set
 from lensing.pinn.model import PINN, PINNConfig
 from lensing.pinn.preprocess import prepare_input
+from lensing.pinn.refine import THETA_BOX, refine_theta
 from lensing.pinn.sampling import dropout_masks
 from lensing.pinn.train import load_config, train
 from lensing.predictor import MapGeometry, Predictor
@@ -188,11 +189,30 @@ def test_mixed_sizes_and_sample_counts(predictor):
         (np.full((32, 32), np.nan), "NaN"),
         (np.zeros((8, 8)), "size"),
         (np.array([["a"]]), "numeric"),
+        (np.full((32, 32), 2e4), "within"),  # beyond the model's input domain (MAX_ABS_KAPPA)
     ],
 )
 def test_bad_maps_raise(predictor, bad, match):
     with pytest.raises(ValueError, match=match):
         predictor.predict([bad])
+
+
+def test_refinement_of_maps_that_are_no_halo_stays_finite(predictor):
+    """Noise at the edge of the input domain: the fit may not improve on the network, but it must neither
+    fail (a singular damped system) nor run off to overflowing parameters."""
+    rng = np.random.default_rng(11)
+    maps = [rng.uniform(-1e4, 1e4, (n, n)) * (rng.uniform(size=(n, n)) < 0.5) for n in (16, 32, 64) for _ in range(4)]
+    theta, covariance = refine_theta(torch.zeros(len(maps[:4]), 4), torch.as_tensor(np.stack(maps[:4])))
+    assert torch.isfinite(theta).all() and torch.isfinite(covariance).all()
+    for (low, high), column in zip(THETA_BOX, theta[:, :2].T):
+        assert ((column >= low) & (column <= high)).all()
+    for kappa in maps:  # through the Predictor: finite results, or the documented ValueError
+        try:
+            [result] = predictor.predict([kappa], mc_samples=5, refine=True, seed=1)
+        except ValueError as error:
+            assert "not finite" in str(error)
+        else:
+            assert np.isfinite([*result["predictions"].values(), *result["uncertainties"].values()]).all()
 
 
 def test_geometry_conversion_is_physical(predictor):

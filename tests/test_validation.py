@@ -41,7 +41,7 @@ BAD_REQUESTS = (
     + [("profile_type", v) for v in ["SIS", "nfw", "", None]]
     + [("scenario", v) for v in ["FDM", "cdm", 1]]
     + [("seed", v) for v in [-1, 1.5, "7"]]
-    + [("z_lens", v) for v in [0.0, -0.5, NAN, INF]]
+    + [("z_lens", v) for v in [0.0, -0.5, 5e-324, 1e-4, NAN, INF]]
     + [("z_source", v) for v in [0.5, 0.3, NAN, INF]]  # z_lens = 0.5: z_source <= z_lens is invalid
 )
 

@@ -16,6 +16,10 @@ from .physics import render_theta
 
 MAX_ELLIPTICITY = 0.9
 N_THETA = 4
+# Bounds of (log10 kappa_s, log10 r_s/fov) during the fit: eight prior widths around the training prior
+# (ThetaScaler), far outside any lensing halo. A map that is not a halo (noise, garbage) can pull the fit
+# anywhere; inside the box the renderer and the mass conversion stay finite.
+THETA_BOX = ((-7.0, 3.0), (-4.0, 2.0))
 
 
 def _residual(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -29,18 +33,24 @@ def _jacobian(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack(columns, dim=-1)
 
 
-def _clamp_ellipticity(theta: torch.Tensor) -> torch.Tensor:
+def _into_box(theta: torch.Tensor) -> torch.Tensor:
+    """theta with log10 kappa_s and log10 r_s/fov clamped to THETA_BOX and e shrunk to MAX_ELLIPTICITY."""
+    scales = [theta[:, k : k + 1].clamp(low, high) for k, (low, high) in enumerate(THETA_BOX)]
     e = torch.linalg.vector_norm(theta[:, 2:], dim=1, keepdim=True)
     shrink = torch.clamp(MAX_ELLIPTICITY / e.clamp(min=1e-12), max=1.0)
-    return torch.cat([theta[:, :2], theta[:, 2:] * shrink], dim=1)
+    return torch.cat([*scales, theta[:, 2:] * shrink], dim=1)
 
 
 @torch.no_grad()
 def refine_theta(
     theta0: torch.Tensor, maps: torch.Tensor, steps: int = 12, damping: float = 1e-3
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refined theta (B, 4) and its Laplace covariance (B, 4, 4), float64, fitting maps (B, N, N)."""
-    theta = theta0.detach().double().clone()
+    """Refined theta (B, 4) and its Laplace covariance (B, 4, 4), float64, fitting maps (B, N, N).
+
+    A step is taken only where the damped system solves and lowers the misfit, so a map the model
+    cannot describe keeps its last finite estimate (at worst the network's) instead of failing the batch.
+    """
+    theta = _into_box(theta0.detach().double())
     target = maps.double()
     lam = torch.full((theta.shape[0], 1, 1), damping, dtype=torch.float64)
     residual = _residual(theta, target)
@@ -50,11 +60,11 @@ def refine_theta(
         jtj = jac.transpose(1, 2) @ jac
         jtr = jac.transpose(1, 2) @ residual[..., None]
         diag = torch.diag_embed(torch.diagonal(jtj, dim1=1, dim2=2))
-        step = torch.linalg.solve(jtj + lam * diag + 1e-300, -jtr)[..., 0]
-        candidate = _clamp_ellipticity(theta + step)
+        step, info = torch.linalg.solve_ex(jtj + lam * diag + 1e-300, -jtr)
+        candidate = _into_box(theta + torch.nan_to_num(step[..., 0]))
         new_residual = _residual(candidate, target)
         new_cost = new_residual.square().sum(1)
-        better = new_cost < cost
+        better = (info == 0) & torch.isfinite(new_cost) & (new_cost < cost)
         theta = torch.where(better[:, None], candidate, theta)
         residual = torch.where(better[:, None], new_residual, residual)
         cost = torch.where(better, new_cost, cost)
