@@ -1,16 +1,24 @@
 """Benchmark: a sweep as a Ray job against a single-process loop over the same Predictor.
 
-    python bench/sweep.py [--maps 20000] [--cpus 2]
+    python bench/sweep.py [--maps 20000] [--cpus 2] [--shard-size 500]
 
-Both sides do the same work for the same config (maps of 64 x 64, mc_samples = 20, every scenario, three
-noise levels): generate, infer, write the same Parquet shards, then the same summary, plots and report.
-Both get the same thread budget, `--cpus`: the Ray job runs on a private head with that many CPUs, as
-that many one-thread actors; the single process runs once with 1 torch thread and once with `--cpus`,
-and the faster of the two is the baseline (on a busy machine intra-op threads can lose to one thread).
-The Ray time runs from submission to SUCCEEDED (runtime-env setup, actor start and model loads
-included); the head's own start is not counted. Stage times are summed over shards (in the Ray job over
-actors, so they can exceed its wall time). The load average before each run is recorded: other work on
-the machine skews the comparison. The last line is one JSON object with `speedup_vs_single_process`.
+Both sides do the same work for the same config (20,000 maps of 64 x 64, mc_samples = 20, every scenario,
+three noise levels, the same seed, so the same maps and MC Dropout masks): generate, infer and write the
+same Parquet shards with `cluster.sweep_pipeline.process_shard`, then the same summary, plots and report.
+
+- Single process (the baseline): the loop a user would write, `python` running shard after shard in one
+  process with torch's default threading (one intra-op thread per core). Timed from the process start
+  (imports and model load included) to its exit. It is run a second time with one torch thread, as an
+  extra figure and for a bit-for-bit comparison with the Ray job, whose workers use one thread each.
+- Ray job: submitted with JobSubmissionClient to a private local head with `--cpus` CPUs that is already
+  running (its start is not counted), and timed from `submit_job` (working-dir upload, job supervisor,
+  driver start, `--cpus` one-thread worker actors starting and loading the model) to the job status
+  SUCCEEDED (pipeline, summary, plots and report included).
+
+Stage times (generate, infer, write) are summed over shards; in the Ray job that is over actors, so they
+are CPU-seconds that can exceed its wall time. The load average before each run is printed: other work on
+the machine skews the comparison, and the OpenMP threads of the default-threaded baseline suffer most.
+The last line is one JSON object with `speedup_vs_single_process` (Ray job maps/s over the baseline's).
 """
 
 from __future__ import annotations
@@ -25,21 +33,11 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from cluster.sweep_config import SweepConfig, parse_config  # noqa: E402
-from cluster.sweep_pipeline import STAGES, process_shard  # noqa: E402
-from cluster.sweep_report import write_report  # noqa: E402
-from cluster.sweep_store import SweepStore  # noqa: E402
-from lensing.predictor import Predictor  # noqa: E402
-from tests.ray_cluster import local_ray_cluster  # noqa: E402
-
-EXCLUDES = [".venv", ".git", "**/__pycache__", ".pytest_cache", "*.egg-info", "out", "runs", "build", "dist"]
+STAGES = ("generate", "infer", "write")
 
 
 def bench_config(maps: int, cpus: int, shard_size: int) -> dict:
@@ -56,62 +54,133 @@ def bench_config(maps: int, cpus: int, shard_size: int) -> dict:
     }
 
 
-def single_process(config: SweepConfig, output: Path, threads: int) -> dict:
-    """The loop a user would write: one process, `threads` torch threads, shard after shard."""
-    torch.set_num_threads(threads)
-    load = os.getloadavg()[0]
-    started = time.perf_counter()
+# --- the single-process loop (runs in a child process: `bench/sweep.py --single-process ...`) ------------
+
+def single_process_main(config_path: str, output: str, threads: int, result_path: str) -> None:
+    """The loop a user would write: one process, shard after shard, then the report."""
+    started = time.time()
+    import torch
+    import yaml
+
+    from cluster.sweep_config import parse_config
+    from cluster.sweep_pipeline import process_shard
+    from cluster.sweep_report import write_report
+    from cluster.sweep_store import SweepStore
+    from lensing.predictor import Predictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = parse_config(yaml.safe_load(Path(config_path).read_text()))
     predictor = Predictor.from_package(device="cpu")
-    store = SweepStore.open(str(output))
+    store = SweepStore.open(output)
+    loaded = time.time()
     stages = dict.fromkeys(STAGES, 0.0)
     for shard in range(config.n_shards):
         for stage, seconds in process_shard(predictor, config, store, shard).items():
             stages[stage] += seconds
-        if shard % 5 == 4 or shard == config.n_shards - 1:
-            done = len(config.shard_range(shard)) + shard * config.shard_size
-            print(f"  single process: {done}/{config.n_maps} maps, {done / (time.perf_counter() - started):.1f} maps/s",
-                  flush=True)
-    pipeline = time.perf_counter() - started
+        if shard % 10 == 9 or shard == config.n_shards - 1:
+            done = config.shard_range(shard).stop
+            print(f"  single process ({torch.get_num_threads()} thread(s)): {done}/{config.n_maps} maps, "
+                  f"{done / (time.time() - loaded):.0f} maps/s", flush=True)
+    pipeline_finished = time.time()
     info = predictor.info()
     write_report(store, config, {key: info.get(key) for key in ("name", "version", "sha256")}, [])
-    wall = time.perf_counter() - started
-    return {"wall_s": round(wall, 2), "pipeline_s": round(pipeline, 2), "maps_per_s": round(config.n_maps / wall, 2),
-            "threads": threads, "stage_s": {k: round(v, 2) for k, v in stages.items()},
-            "load_average_before": round(load, 2)}
+    Path(result_path).write_text(json.dumps({
+        "threads": torch.get_num_threads(), "stage_s": stages,
+        "timeline": {"process_started": started, "model_loaded": loaded, "pipeline_finished": pipeline_finished,
+                     "report_written": time.time()},
+    }))
 
 
-def ray_job(config_path: Path, config: SweepConfig, output: Path, cpus: int) -> dict:
-    """Submit the sweep to a private head with `cpus` CPUs and time it to SUCCEEDED."""
+def single_process(config_path: Path, output: Path, threads: int | None, n_maps: int) -> dict:
+    """Run the loop in a fresh `python` (threads None: torch's default) and time it from start to exit."""
+    result_path = output.with_suffix(".json")
+    load = os.getloadavg()[0]
+    started = time.time()
+    subprocess.run([sys.executable, __file__, "--single-process", str(config_path), str(output), str(threads or 0),
+                    str(result_path)], check=True, cwd=REPO)
+    finished = time.time()
+    inner = json.loads(result_path.read_text())
+    t = inner["timeline"]
+    phases = {
+        "start, imports, model load": t["model_loaded"] - started,
+        "pipeline (generate, infer, write)": t["pipeline_finished"] - t["model_loaded"],
+        "summary, plots, report": t["report_written"] - t["pipeline_finished"],
+        "exit": finished - t["report_written"],
+    }
+    wall = finished - started
+    return {"wall_s": round(wall, 2), "maps_per_s": round(n_maps / wall, 1),
+            "pipeline_maps_per_s": round(n_maps / phases["pipeline (generate, infer, write)"], 1),
+            "threads": inner["threads"], "stage_s": {k: round(v, 2) for k, v in inner["stage_s"].items()},
+            "phases_s": {k: round(v, 2) for k, v in phases.items()}, "load_average_before": round(load, 2)}
+
+
+# --- the Ray job --------------------------------------------------------------------------------------
+
+def ray_job(config_path: Path, output: Path, cpus: int, n_maps: int) -> dict:
+    """Submit the sweep to a running private head with `cpus` CPUs and time it to SUCCEEDED."""
     from ray.job_submission import JobSubmissionClient
+
+    from tests.ray_cluster import local_ray_cluster
 
     with local_ray_cluster(num_cpus=cpus) as cluster:
         os.environ["RAY_AUTH_MODE"] = "disabled"
         client = JobSubmissionClient(cluster.dashboard_url)
+        time.sleep(5.0)  # let the fresh head finish starting up: the job goes to a running cluster
         load = os.getloadavg()[0]
-        started = time.perf_counter()
-        job = client.submit_job(
-            entrypoint=f"python -m cluster.sweep {config_path} --output {output}",
-            runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
-        )
-        printed = 0
+        for attempt in range(60):  # a head still starting its job agent answers 500 "No available agent"
+            started = time.time()
+            try:
+                job = client.submit_job(
+                    entrypoint=f"python -m cluster.sweep {config_path} --output {output}",
+                    runtime_env={"working_dir": str(REPO)},  # what `--working-dir .` ships (.gitignore applies)
+                )
+                break
+            except RuntimeError as error:
+                if "No available agent" not in str(error) or attempt == 59:
+                    raise
+                time.sleep(1.0)
+        printed, last_logs = 0, started
         while not (status := client.get_job_status(job)).is_terminal():
-            time.sleep(1.0)
-            lines = client.get_job_logs(job).splitlines()
-            for line in lines[printed:]:
-                if line.startswith("[sweep]"):
-                    print(f"  ray job: {line}", flush=True)
-            printed = len(lines)
-        wall = time.perf_counter() - started
+            time.sleep(0.1)
+            if time.time() - last_logs > 5.0:  # progress lines, without polling the dashboard too hard
+                lines = client.get_job_logs(job).splitlines()
+                for line in lines[printed:]:
+                    if line.startswith("[sweep]"):
+                        print(f"  ray job: {line}", flush=True)
+                printed, last_logs = len(lines), time.time()
+        finished = time.time()
         logs = client.get_job_logs(job)
+    for line in logs.splitlines()[printed:]:
+        if line.startswith("[sweep]"):
+            print(f"  ray job: {line}", flush=True)
     if status.value != "SUCCEEDED":
         raise RuntimeError(f"sweep job ended {status.value}:\n{logs[-4000:]}")
-    finished = json.loads(logs.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 2), "pipeline_s": finished["pipeline_s"], "maps_per_s": round(config.n_maps / wall, 2),
-            "actors": cpus, "threads_per_actor": 1, "stage_s": finished["stage_s"], "load_average_before": round(load, 2)}
+    result = json.loads(logs.strip().splitlines()[-1])
+    t = result["timeline"]
+    phases = {
+        "submit: upload, job supervisor, driver start": t["driver_started"] - started,
+        "driver imports, config, ray.init, actors asked": t["workers_requested"] - t["driver_started"],
+        "actors start, import, load model": t["first_worker_ready"] - t["workers_requested"],
+        "pipeline (generate, infer, write)": t["pipeline_finished"] - t["first_worker_ready"],
+        "summary, plots, report": t["report_written"] - t["pipeline_finished"],
+        "driver exit, job status": finished - t["report_written"],
+    }
+    wall = finished - started
+    return {"wall_s": round(wall, 2), "maps_per_s": round(n_maps / wall, 1),
+            "pipeline_maps_per_s": round(n_maps / phases["pipeline (generate, infer, write)"], 1),
+            "actors": cpus, "threads_per_actor": 1, "stage_s": result["stage_s"],
+            "phases_s": {k: round(v, 2) for k, v in phases.items()}, "load_average_before": round(load, 2)}
 
+
+# --- comparison and report ----------------------------------------------------------------------------
 
 def max_relative_difference(first: Path, second: Path) -> float:
     """Largest relative difference over the float columns of two sweep outputs of the same config."""
+    import numpy as np
+
+    from cluster.sweep_store import SweepStore
+
     a, b = SweepStore.open(str(first)).read_table(), SweepStore.open(str(second)).read_table()
     assert a.column_names == b.column_names and a.num_rows == b.num_rows
     worst = 0.0
@@ -122,19 +191,39 @@ def max_relative_difference(first: Path, second: Path) -> float:
     return worst
 
 
-def describe(name: str, result: dict) -> None:
-    stages = result["stage_s"]
-    total = sum(stages.values()) or 1.0
-    split = ", ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
-    print(f"{name}: {result['maps_per_s']:.1f} maps/s end to end ({result['wall_s']:.1f}s); stages: {split}", flush=True)
+def print_table(runs: dict[str, dict]) -> None:
+    names = list(runs)
+    width = 44
+    print("\n" + " " * width + "".join(f"{name:>22}" for name in names))
+    rows = [("threads", lambda r: f"{r.get('actors', 1)} x {r.get('threads', r.get('threads_per_actor'))}"),
+            ("load average before", lambda r: f"{r['load_average_before']:.2f}"),
+            ("end to end, s", lambda r: f"{r['wall_s']:.1f}"),
+            ("end to end, maps/s", lambda r: f"{r['maps_per_s']:.0f}"),
+            ("pipeline only, maps/s", lambda r: f"{r['pipeline_maps_per_s']:.0f}")]
+    rows += [(f"stage {stage}, s (summed over workers)", lambda r, s=stage: f"{r['stage_s'][s]:.1f}")
+             for stage in STAGES]
+    for label, cell in rows:
+        print(f"{label:<{width}}" + "".join(f"{cell(runs[name]):>22}" for name in names))
+    for name in names:
+        print(f"\n{name}, where the wall time goes:")
+        for phase, seconds in runs[name]["phases_s"].items():
+            print(f"  {phase:<{width}}{seconds:8.2f} s")
+    print(flush=True)
 
 
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--single-process":
+        single_process_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=20_000)
-    parser.add_argument("--cpus", type=int, default=2, help="thread budget for both sides")
-    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray head = number of one-thread actors")
+    parser.add_argument("--shard-size", type=int, default=500)
     args = parser.parse_args()
+    import yaml
+
+    from cluster.sweep_config import parse_config
+
     workdir = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         raw = bench_config(args.maps, args.cpus, args.shard_size)
@@ -142,25 +231,32 @@ def main() -> None:
         config_path = workdir / "bench.yaml"
         config_path.write_text(yaml.safe_dump(raw))
         print(f"sweep bench: {config.n_maps} maps of {config.grid_size}x{config.grid_size}, mc_samples "
-              f"{config.mc_samples}, {config.n_shards} shards, thread budget {args.cpus}", flush=True)
-        singles = {}
-        for threads in sorted({args.cpus, 1}, reverse=True):
-            singles[threads] = single_process(config, workdir / f"single-{threads}", threads)
-            describe(f"single process, {threads} thread(s)", singles[threads])
-        ray = ray_job(config_path, config, workdir / "ray", args.cpus)
-        describe("ray job", ray)
-        best = max(singles, key=lambda t: singles[t]["maps_per_s"])
-        difference = max_relative_difference(workdir / "single-1", workdir / "ray")
-        print(f"largest relative difference, 1-thread single process vs Ray job: {difference:.2e}", flush=True)
+              f"{config.mc_samples}, {config.n_shards} shards of {config.shard_size}, {os.cpu_count()} CPUs here, "
+              f"Ray head with {args.cpus}", flush=True)
+        default = single_process(config_path, workdir / "single-default", None, config.n_maps)
+        one = single_process(config_path, workdir / "single-1", 1, config.n_maps)
+        ray = ray_job(config_path, workdir / "ray", args.cpus, config.n_maps)
+        runs = {f"single, {default['threads']} threads": default, "single, 1 thread": one,
+                f"Ray job, {args.cpus} actors": ray}
+        print_table(runs)
+        same = max_relative_difference(workdir / "single-1", workdir / "ray")
+        other = max_relative_difference(workdir / "single-default", workdir / "ray")
+        print(f"largest relative difference of the Ray job's table: {same:.1e} against the 1-thread loop "
+              f"(same threads), {other:.1e} against the default-threaded loop", flush=True)
+        speedup = ray["maps_per_s"] / default["maps_per_s"]
+        print(f"speedup of the Ray job: {speedup:.2f}x against the default-threaded single process (the baseline), "
+              f"{ray['maps_per_s'] / one['maps_per_s']:.2f}x against one thread; pipeline only: "
+              f"{ray['pipeline_maps_per_s'] / default['pipeline_maps_per_s']:.2f}x", flush=True)
         print(json.dumps({
             "maps": config.n_maps, "grid_size": config.grid_size, "mc_samples": config.mc_samples,
             "shard_size": config.shard_size, "cpus": args.cpus,
-            "single_process": {f"{t}_threads": r for t, r in singles.items()}, "ray_job": ray,
-            "baseline_threads": best,
-            "speedup_by_single_process_threads": {
-                f"{t}_threads": round(ray["maps_per_s"] / r["maps_per_s"], 3) for t, r in singles.items()},
-            "max_relative_difference_same_threads": difference,
-            "speedup_vs_single_process": round(ray["maps_per_s"] / singles[best]["maps_per_s"], 3),
+            "single_process": default, "single_process_1_thread": one, "ray_job": ray,
+            "speedup_vs_single_process_1_thread": round(ray["maps_per_s"] / one["maps_per_s"], 3),
+            "pipeline_speedup_vs_single_process":
+                round(ray["pipeline_maps_per_s"] / default["pipeline_maps_per_s"], 3),
+            "max_relative_difference_vs_1_thread": same,
+            "max_relative_difference_vs_default_threads": other,
+            "speedup_vs_single_process": round(speedup, 3),
         }), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,23 +1,27 @@
 """Run a parameter sweep as a Ray job: `python -m cluster.sweep CONFIG --output DIR_OR_URI`.
 
 Submit it with `ray job submit --working-dir . -- python -m cluster.sweep configs/sweeps/small.yaml
---output /abs/path` (see notes/README_sweeps.md). The driver validates the config, claims the output
-(refusing one that holds a different sweep or model), skips the shards already written, runs the rest
-on a Ray Data actor pool, prints one progress line per shard, and writes summary.json, plots and
-report.md over every finished shard. Exit status: 0 when every shard is done, 1 when some failed
-(rerun the same command to retry only those), 2 for a bad config or output.
+--output /abs/path` (README: "Parameter sweeps as Ray jobs"). The driver validates the config, starts
+the worker actors (sweep_ray.WorkerPool), claims the output (refusing one that holds a different sweep
+or model), skips the shards already written, runs the rest on the actors, prints one progress line per
+shard, and writes summary.json, plots and report.md over every finished shard. Exit status: 0 when
+every shard is done, 1 when some failed (rerun the same command to retry only those), 2 for a bad config
+or output.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
+
+DRIVER_STARTED = time.time()  # before the heavy imports: the job timeline starts here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
 from dataclasses import dataclass, field
 
-from .sweep_config import ConfigError, SweepConfig, load_config
-from .sweep_store import StoreError, SweepStore
+from .sweep_config import ConfigError, SweepConfig, load_config  # noqa: E402
+from .sweep_store import StoreError, SweepStore  # noqa: E402
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -70,38 +74,41 @@ class Progress:
         return {stage: round(sum(r[stage] for r in self.rows.values()), 3) for stage in ("generate", "infer", "write")}
 
 
-def model_info() -> dict:
-    """Name, version and weights checksum of the packaged model (also checks that it loads)."""
-    from lensing.predictor import Predictor
-
-    info = Predictor.from_package(device="cpu").info()
-    return {key: info.get(key) for key in ("name", "version", "sha256", "calibration")}
-
-
 def run(config: SweepConfig, target: str) -> int:
     """Run or resume one sweep into `target`; returns the process exit status."""
-    from .sweep_pipeline import run_on_ray
-    from .sweep_report import write_report
+    from .sweep_ray import WorkerPool
 
     started = time.perf_counter()
-    store = SweepStore.open(target)
-    model = model_info()
-    manifest = {
-        "name": config.name,
-        "data_hash": config.data_hash(),
-        "model_sha256": model["sha256"],
-        "n_maps": config.n_maps,
-        "n_shards": config.n_shards,
-        "config": config.model_dump(mode="json"),
-    }
-    store.claim(manifest)
-    done = store.done_shards()
-    pending = [shard for shard in range(config.n_shards) if shard not in done]
-    log(f"sweep {config.name}: {config.n_maps} maps in {config.n_shards} shards of {config.shard_size} -> "
-        f"{store.target}; {len(done)} already done, {len(pending)} to run")
-    progress = Progress(config, pending)
-    if pending:
-        run_on_ray(config, store.target, pending, progress)
+    timeline = {"driver_started": DRIVER_STARTED}
+    store = SweepStore.open(target)  # a bad output, or one holding another sweep, fails here at once
+    store.check(data_hash=config.data_hash())
+    pool = WorkerPool(config, store.target)  # ray.init; the actors load torch and the weights from now on
+    timeline["workers_requested"] = time.time()
+    try:
+        from .sweep_report import write_report  # matplotlib: imported while the actors start
+
+        done = store.done_shards()
+        worker = pool.first_ready()  # the model the workers run, checksum-verified as they loaded it
+        timeline["first_worker_ready"] = worker["ready_at"]
+        model = worker["model"]
+        store.claim({
+            "name": config.name,
+            "data_hash": config.data_hash(),
+            "model_sha256": model["sha256"],
+            "n_maps": config.n_maps,
+            "n_shards": config.n_shards,
+            "config": config.model_dump(mode="json"),
+        })
+        done |= store.done_shards()
+        pending = [shard for shard in range(config.n_shards) if shard not in done]
+        log(f"sweep {config.name}: {config.n_maps} maps in {config.n_shards} shards of {config.shard_size} -> "
+            f"{store.target}; {len(done)} already done, {len(pending)} to run (workers: {worker['device']}, "
+            f"{worker['threads']} torch thread(s), imports and model load {worker['load_s']:.1f}s)")
+        progress = Progress(config, pending)
+        pool.run(pending, progress)
+    finally:
+        pool.shutdown()
+    timeline["pipeline_finished"] = time.time()
     pipeline_seconds = time.perf_counter() - started
     failed = progress.failures()
     for failure in failed:
@@ -112,6 +119,7 @@ def run(config: SweepConfig, target: str) -> int:
     log(f"wrote summary.json, report.md and plots for {summary['n_maps']} maps; M_vir median |err| "
         f"{overall['M_vir']['median_abs_error']:.3f} dex, scenario accuracy "
         f"{'-' if accuracy is None else f'{accuracy:.3f}'}")
+    timeline["report_written"] = time.time()
     finished = {
         "event": "sweep_finished",
         "name": config.name,
@@ -124,6 +132,7 @@ def run(config: SweepConfig, target: str) -> int:
         "pipeline_s": round(pipeline_seconds, 3),
         "total_s": round(time.perf_counter() - started, 3),
         "stage_s": progress.stage_seconds(),
+        "timeline": {key: round(value, 3) for key, value in timeline.items()},
     }
     print(json.dumps(finished), flush=True)
     if failed:

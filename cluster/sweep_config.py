@@ -23,6 +23,7 @@ from lensing.halo import ELLIPTICITY_RANGE, GRID_SIZES, MASS_RANGE, SCALE_RADIUS
 SMOOTH = "none"  # scenario label of a smooth host (no substructure)
 SCENARIO_LABELS = (SMOOTH, "CDM", "WDM", "SIDM")
 NOISE_LIMIT = 10.0  # the generator's noise_sigma bound
+STAGES = ("generate", "infer", "write")  # the per-shard stage times a sweep reports
 
 
 class ConfigError(ValueError):

@@ -1,20 +1,17 @@
-"""The sweep's work: shard inputs, one shard end to end (generate, infer, write), and the Ray Data run.
+"""The sweep's work: shard inputs, and one shard end to end (generate, infer, write), without Ray.
 
 Each shard is a pure function of (config, shard index): its hosts, scenario draws, noise and MC Dropout
 seeds all come from numpy's SeedSequence([seed, shard]), so a rerun with the same torch threads and
 device rewrites the same rows bit for bit.
-One Ray Data stage does it all in an actor pool (`ShardWorker`): the Predictor is loaded once per
-actor, maps are rendered on the actor's device and never cross the object store, and the actor writes
-its own Parquet shard; the driver only sees one small status row per shard.
+`process_shard` is the whole of one shard's work; the Ray actors (`sweep_ray.ShardWorker`) and the
+single-process loop of bench/sweep.py both call it, so both produce the same rows.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +25,6 @@ from lensing.synthetic import NO_SCENARIO, HostBatch, generate_batch
 
 from .sweep_config import SMOOTH, GridSampling, SweepConfig
 from .sweep_store import SweepStore
-
-STAGES = ("generate", "infer", "write")
 
 
 @dataclass
@@ -154,66 +149,3 @@ def process_shard(predictor: Predictor, config: SweepConfig, store: SweepStore, 
         raise FloatingPointError(f"shard {shard}: NaN in the predictions")
     store.write_shard(shard, table)
     return {"generate": generated - start, "infer": inferred - generated, "write": time.perf_counter() - inferred}
-
-
-class ShardWorker:
-    """A Ray Data actor: one Predictor for its lifetime, one shard per call, retried in place on error."""
-
-    def __init__(self, config: dict, target: str) -> None:
-        self.config = SweepConfig.model_validate(config)
-        torch.set_num_threads(self.config.execution.threads)
-        self.store = SweepStore.open(target)
-        self.predictor = Predictor.from_package(device="auto")
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [self.run(int(shard)) for shard in batch["shard"]]
-        return {key: np.array([row[key] for row in rows]) for key in rows[0]}
-
-    def run(self, shard: int) -> dict:
-        """Process one shard with up to max_attempts tries; never raises, reports the last error."""
-        attempts = self.config.execution.max_attempts
-        error = ""
-        for attempt in range(1, attempts + 1):
-            try:
-                seconds = process_shard(self.predictor, self.config, self.store, shard)
-                return {"shard": shard, "ok": True, "attempts": attempt, "error": "", **seconds}
-            except Exception as exc:  # noqa: BLE001 - any failure of one shard must not stop the others
-                error = f"{type(exc).__name__}: {exc}"
-                print(f"[sweep] shard {shard} attempt {attempt}/{attempts} failed: {error}", file=sys.stderr,
-                      flush=True)
-        return {"shard": shard, "ok": False, "attempts": attempts, "error": error, **dict.fromkeys(STAGES, 0.0)}
-
-
-def run_on_ray(config: SweepConfig, target: str, pending: list[int], on_result: Callable[[dict], None]) -> None:
-    """Run `pending` shards through a Ray Data actor pool; call `on_result` with each shard's status row.
-
-    Application errors are retried inside the actor (ShardWorker.run). A worker process that dies is
-    restarted by Ray and its shard retried up to max_attempts - 1 times; a shard lost beyond that is
-    dropped (max_errored_blocks = -1) and the caller reports it as missing.
-    """
-    import ray  # imported here: the per-shard functions above also serve runs without Ray (bench/sweep.py)
-    from ray.data import ActorPoolStrategy, DataContext
-
-    if not ray.is_initialized():
-        ray.init()
-    context = DataContext.get_current()
-    context.enable_progress_bars = False  # plain progress lines from the driver read better in job logs
-    context.max_errored_blocks = -1
-    execution = config.execution
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    low, high = execution.pool_size
-    dataset = ray.data.from_items([{"shard": shard} for shard in pending], override_num_blocks=len(pending))
-    results = dataset.map_batches(
-        ShardWorker,
-        fn_constructor_kwargs={"config": config.model_dump(mode="json"), "target": target},
-        batch_size=1,
-        compute=ActorPoolStrategy(min_size=min(low, len(pending)), max_size=max(1, min(high, len(pending)))),
-        num_cpus=execution.cpus_per_actor,
-        num_gpus=execution.gpus_per_actor if has_gpu else None,
-        # Bounded retries of a shard whose worker died (Ray Data's default is unbounded). Ray 2.60
-        # warns that these pass-through arguments go away in 2.64; there is no named replacement yet.
-        max_restarts=-1,
-        max_task_retries=execution.max_attempts - 1,
-    )
-    for row in results.iter_rows():
-        on_result({key: value.item() if hasattr(value, "item") else value for key, value in row.items()})

@@ -118,20 +118,25 @@ class SweepStore:
 
     # --- the manifest ----------------------------------------------------------------------------
 
+    def check(self, **expected: str) -> None:
+        """StoreError if the manifest in place (if any) has other values for these keys."""
+        existing = self.read_bytes(MANIFEST)
+        if existing is None:
+            return
+        previous = json.loads(existing)
+        for key, value in expected.items():
+            if previous.get(key) != value:
+                raise StoreError(
+                    f"output {self.target} holds a different sweep ({key} {str(previous.get(key))[:12]} != "
+                    f"{value[:12]}); use a new output, or the config and model it was made with"
+                )
+
     def claim(self, manifest: dict) -> None:
         """Write the manifest, or check that the one in place describes the same sweep and model.
 
         Stale temp files of an interrupted run are removed: one output serves one run at a time.
         """
-        existing = self.read_bytes(MANIFEST)
-        if existing is not None:
-            previous = json.loads(existing)
-            for key in ("data_hash", "model_sha256"):
-                if previous.get(key) != manifest[key]:
-                    raise StoreError(
-                        f"output {self.target} holds a different sweep ({key} {str(previous.get(key))[:12]} != "
-                        f"{manifest[key][:12]}); use a new output, or the config and model it was made with"
-                    )
+        self.check(data_hash=manifest["data_hash"], model_sha256=manifest["model_sha256"])
         for info in self._shard_entries():
             if info.base_name.startswith(_TEMP_PREFIX):
                 self.fs.delete_file(info.path)

@@ -65,14 +65,19 @@ def write_config(folder: Path, name: str, **changes) -> Path:
 
 
 def submit(client, config: Path, output: Path) -> str:
-    return client.submit_job(
-        entrypoint=f"python -m cluster.sweep {config} --output {output}",
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
-    )
+    for attempt in range(60):  # a head still starting its job agent answers 500 "No available agent"
+        try:
+            return client.submit_job(
+                entrypoint=f"python -m cluster.sweep {config} --output {output}",
+                runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+            )
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or attempt == 59:
+                raise
+            time.sleep(1.0)
 
 
 def wait(client, job_id: str, timeout: float = JOB_TIMEOUT) -> str:
-    from ray.job_submission import JobStatus
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
