@@ -2,7 +2,10 @@
 
 It validates requests, draws and reports seeds (every result is reproducible), calls the generator
 and the PINN pool through DeploymentHandles, and records every job in the store before answering, so
-any replica can serve any job id (concurrent records share one store call: `JobRecorder`). Batch jobs
+any replica can serve any job id (concurrent records share one store call: `JobRecorder`; concurrent
+maps share one call to the pool: `PoolClient`). Small smooth maps as JSON or npy cost less to render
+than a call to the generator, so the ingress renders those itself (`generator.renders_inline`); maps
+with substructure, large maps, FITS, PNG and batch items go to the `SyntheticGenerator`. Batch jobs
 are persisted first and then run by a `BatchRunner` in the background. Request counters go to
 Prometheus at once and to the store every `stats_flush_s`.
 """
@@ -29,8 +32,9 @@ from .api import create_app
 from .batches import BatchRunner
 from .codecs import check_map
 from .errors import InvalidInput, Unavailable, UnknownId
-from .generator import GeneratedMap
+from .generator import GeneratedMap, MapRenderer, renders_inline
 from .metrics import IngressMetrics
+from .pool import PoolClient
 from .predictor import InferenceFailure, InferenceItem
 from .recorder import JobRecorder
 from .schemas import BatchRequest, InferenceOptions, SyntheticRequest
@@ -58,9 +62,14 @@ def map_request(spec: SyntheticRequest, seed: int, loc: tuple[str | int, ...] = 
             seed=seed, noise_sigma=spec.noise_sigma,
         )
     except ValueError as exc:
-        field = str(exc).split(" ", 1)[0]
-        field = "mass" if field == "M_vir" else field
-        raise InvalidInput((*loc, field) if field in SyntheticRequest.model_fields else loc, str(exc)) from None
+        raise library_error(exc, loc) from None
+
+
+def library_error(exc: Exception, loc: tuple[str | int, ...]) -> InvalidInput:
+    """A 422 for an error of the physics core, at the field its message starts with when there is one."""
+    field = str(exc).split(" ", 1)[0]
+    field = "mass" if field == "M_vir" else field
+    return InvalidInput((*loc, field) if field in SyntheticRequest.model_fields else loc, str(exc))
 
 
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5})
@@ -72,6 +81,8 @@ class Ingress:
         self.generator, self.predictor, self.store = generator, predictor, store
         self.runner = BatchRunner(store, self.process_item, settings.batch)
         self.recorder = JobRecorder(store)
+        self.pool = PoolClient(predictor, settings.pool.max_group, settings.pool.calls_in_flight)
+        self.renderer = MapRenderer()
         self._metrics = IngressMetrics()
         self._counts: Counter[tuple[str, int]] = Counter()
         self._flusher: asyncio.Task | None = None
@@ -135,7 +146,13 @@ class Ingress:
     async def synthesize(self, spec: SyntheticRequest, fmt: str) -> tuple[str, GeneratedMap]:
         """Generate a map, record the job (with its seed, so it can be regenerated) and return both."""
         request = map_request(spec, spec.seed if spec.seed is not None else new_seed())
-        generated: GeneratedMap = await self.generator.generate.remote(request, fmt)
+        try:
+            if renders_inline(request, fmt):
+                generated = self.renderer.render(request, fmt)
+            else:
+                generated = await self.generator.generate.remote(request, fmt)
+        except ValueError as exc:  # the physics core refused a combination the schema let through
+            raise library_error(getattr(exc, "cause", exc), ()) from None  # Ray wraps a replica's error
         job_id = uuid.uuid4().hex
         metadata = {k: v for k, v in generated.map.metadata().items() if k != "request"}
         await self.recorder.record(job_id, "synthetic", asdict(request),
@@ -155,7 +172,7 @@ class Ingress:
         seed = options.seed if options.seed is not None else new_seed()
         item = InferenceItem(kappa, MapGeometry(options.fov_kpc, options.z_lens, options.z_source),
                              options.mc_samples, seed, options.refine)
-        result = await self.predictor.infer.remote(item)
+        result = await self.pool.infer(item)
         if isinstance(result, InferenceFailure):
             if result.bad_input:
                 raise InvalidInput(("convergence_map",), result.message)
@@ -216,7 +233,7 @@ class Ingress:
             generated: GeneratedMap = await self.generator.generate.remote(spec)
             kappa, truth = generated.map.convergence, generated.map.parameters()
             geometry = MapGeometry(spec.fov_kpc, spec.z_lens, spec.z_source)
-        result = await self.predictor.infer.remote(
+        result = await self.pool.infer(
             InferenceItem(kappa, geometry, options["mc_samples"], request["seed"], options["refine"]))
         if isinstance(result, InferenceFailure):
             raise (ValueError if result.bad_input else RuntimeError)(result.message)

@@ -1,12 +1,16 @@
 """PINNPredictor: the PINN pool, dynamic batching over HTTP requests (DESIGN.md section 7).
 
-The route calls `infer(item)`, a `@serve.batch` method: Serve gathers concurrent calls into one list,
-and `Predictor.predict` runs them as one vectorised pass even when their map sizes, geometries and
-mc_samples differ (maps x MC samples per chunk bounded by `max_mc_work`). Each map's dropout masks
-come from its own seed, so a result does not depend on its batch-mates. The batch runs in a worker
-thread, so the replica keeps accepting requests (forming the next batch) while torch computes.
+The ingress calls `infer_many(items)` with the maps of its concurrent requests (one handle call per
+group, so the cost of a call between deployments is paid per group, not per map). `infer_many` hands
+each map to `infer`, a `@serve.batch` method: Serve gathers the maps of all callers (every ingress
+replica, batch jobs) into one list, and `Predictor.predict` runs them as one vectorised pass even when
+their map sizes, geometries and mc_samples differ (maps x MC samples per chunk bounded by
+`max_mc_work`). Each map's dropout masks come from its own seed, so a result does not depend on its
+batch-mates. Refinement (`refine=True`, seconds per map) would stall a shared batch, so refine maps
+form their own batches in `refine` (at most `max_refine_batch_size`, one such batch at a time). Both
+batch kinds compute in worker threads, so the replica keeps accepting requests while torch computes.
 
-Batch size, batch wait, MC-work bound and torch threads come from `user_config` (`BatchingConfig`)
+Batch sizes, batch wait, MC-work bound and torch threads come from `user_config` (`BatchingConfig`)
 through `reconfigure`, so `serve deploy` changes them on live replicas without a restart. A replica
 asks for a GPU fraction in `ray_actor_options.num_gpus`; when torch sees no CUDA device (a CPU
 machine, or a logical GPU without hardware) it computes on the CPU.
@@ -41,6 +45,7 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(16, ge=1, description="most requests in one PINN batch (<= max_ongoing_requests)")
+    max_refine_batch_size: int = Field(4, ge=1, description="most refine=true requests in one (separate) batch")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a partial batch waits for more requests")
     max_mc_work: int = Field(4096, ge=1, description="maps x MC samples evaluated in one vectorised chunk")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS")
@@ -100,9 +105,11 @@ class PINNPredictor:
         limit = serve.get_replica_context()._deployment_config.max_ongoing_requests
         if config.max_batch_size > limit:
             raise ValueError(f"max_batch_size ({config.max_batch_size}) must not exceed max_ongoing_requests "
-                             f"({limit}): a replica never holds more requests than that to batch")
+                             f"({limit}): callers that send one map per call could never fill a batch")
         self.infer.set_max_batch_size(config.max_batch_size)
         self.infer.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.refine.set_max_batch_size(config.max_refine_batch_size)
+        self.refine.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
         self.config = config
@@ -127,9 +134,22 @@ class PINNPredictor:
                 results.append(InferenceFailure(f"inference failed: {type(exc).__name__}", bad_input=False))
         return results
 
+    async def infer_many(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """Results of a group of maps, in order: each joins a shared batch (`infer` or `refine`)."""
+        return await asyncio.gather(*(self.refine(item) if item.refine else self.infer(item) for item in items))
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def infer(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
-        """Infer a batch of maps (callers pass one `InferenceItem` and get its dict or failure)."""
+        """Infer a batch of maps without refinement (callers pass one `InferenceItem`)."""
+        return await self._run_batch(items)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def refine(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """Infer and refine a batch of refine=True maps, beside the `infer` batches rather than in them."""
+        return await self._run_batch(items)
+
+    async def _run_batch(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """Compute a batch in a worker thread; record its size and latency; tag results with the batch size."""
         started = time.perf_counter()
         try:
             results = await asyncio.to_thread(self._predict, items)

@@ -24,6 +24,18 @@ class BatchJobSettings(BaseModel):
     item_retries: int = Field(2, ge=0, description="retries of an item after a transient (non-input) error")
 
 
+class PoolCallSettings(BaseModel):
+    """How an ingress replica groups the maps of concurrent requests into calls to the PINN pool (`pool.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_group: int = Field(32, ge=1, description="most maps in one call to the pool")
+    calls_in_flight: int = Field(
+        2, ge=1, description="calls under way per ingress replica; further maps wait and go together in the next. "
+        "The pool's autoscaler counts calls, not maps: with autoscaling, make this at least the pool's "
+        "max_replicas x target_ongoing_requests, so maps are grouped only past that load")
+
+
 class PredictorSettings(BaseModel):
     """How the PINN replicas load the model (changing it restarts them)."""
 
@@ -50,3 +62,4 @@ class AppSettings(BaseModel):
     stats_flush_s: float = Field(2.0, gt=0, description="how often ingress request counters reach the store")
     batch: BatchJobSettings = BatchJobSettings()
     predictor: PredictorSettings = PredictorSettings()
+    pool: PoolCallSettings = PoolCallSettings()

@@ -3,6 +3,7 @@ map checks, settings and both serve configs (valid for `serve run`/`serve deploy
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -12,9 +13,11 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.codecs import check_map, field_name, negotiate
 from deployments.errors import InvalidInput
-from deployments.predictor import BatchingConfig
+from deployments.pool import PoolClient
+from deployments.predictor import BatchingConfig, InferenceItem
 from deployments.settings import AppSettings
 from deployments.store import JobDatabase
+from lensing.predictor import MapGeometry
 from tests.serve_harness import GPU_CONFIG, SERVE_CONFIG, deployment, load_yaml
 
 
@@ -114,3 +117,58 @@ def test_gpu_config_uses_quarter_gpus_and_autoscaling():
     assert pinn["ray_actor_options"]["num_gpus"] == 0.25 and pinn["autoscaling_config"]["max_replicas"] >= 4
     cpu = deployment(yaml.safe_load(SERVE_CONFIG.read_text()), "PINNPredictor")
     assert cpu["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_pool_client_sends_a_lone_map_at_once_and_groups_maps_that_wait():
+    class FakePool:
+        """Stands in for the DeploymentHandle: records each call's group, answers after a yield."""
+
+        def __init__(self) -> None:
+            self.groups: list[list[int]] = []
+            self.infer_many = self
+
+        def remote(self, items: list):
+            self.groups.append([i.seed for i in items])
+
+            async def answer() -> list:
+                await asyncio.sleep(0.01)
+                if any(i.seed < 0 for i in items):
+                    raise RuntimeError("replica lost")
+                return [{"seed": i.seed} for i in items]
+
+            return answer()
+
+    def item_(seed: int) -> InferenceItem:
+        return InferenceItem(np.zeros((16, 16)), MapGeometry(), 1, seed)
+
+    async def scenario() -> None:
+        pool = FakePool()
+        client = PoolClient(pool, max_group=4, in_flight=1)
+        assert await client.infer(item_(0)) == {"seed": 0}
+        assert pool.groups == [[0]]
+        results = await asyncio.gather(*(client.infer(item_(k)) for k in range(1, 10)))
+        assert results == [{"seed": k} for k in range(1, 10)]
+        assert pool.groups[1:] == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]  # at most max_group per call
+        with pytest.raises(RuntimeError, match="replica lost"):
+            await asyncio.gather(client.infer(item_(10)), client.infer(item_(-1)))
+
+    asyncio.run(scenario())
+
+
+def test_request_schemas_use_only_json_schema_keywords():
+    """Pydantic writes a constraint it cannot attach to the type (e.g. bounds after a BeforeValidator) as
+    its own `ge`/`le` keys, which JSON Schema ignores: clients and schemathesis would miss the bound."""
+    from deployments.schemas import BatchRequest, InferenceOptions, InferenceRequest, SyntheticRequest
+
+    def keys(node):
+        if isinstance(node, dict):
+            yield from node
+            for value in node.values():
+                yield from keys(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from keys(value)
+
+    for model in (SyntheticRequest, InferenceRequest, InferenceOptions, BatchRequest):
+        found = {"ge", "le", "gt", "lt", "min_length", "max_length"} & set(keys(model.model_json_schema()))
+        assert not found, (model.__name__, found)
