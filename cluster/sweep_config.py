@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lensing.cosmology import lens_geometry
+from lensing.grid import DEFAULT_FOV_KPC, FOV_RANGE_KPC
 from lensing.halo import ELLIPTICITY_RANGE, GRID_SIZES, MASS_RANGE, SCALE_RADIUS_RANGE
 
 SMOOTH = "none"  # scenario label of a smooth host (no substructure)
@@ -108,7 +109,7 @@ class SweepConfig(_Strict):
     scenarios: Annotated[list[Literal["none", "CDM", "WDM", "SIDM"]], Field(min_length=1)] = list(SCENARIO_LABELS)
     noise_levels: Annotated[list[Annotated[float, Field(ge=0, le=NOISE_LIMIT)]], Field(min_length=1)] = [0.0]
     grid_size: Literal[GRID_SIZES] = 64  # type: ignore[valid-type]
-    fov_kpc: Annotated[float, Field(gt=0, le=1e5)] = 1000.0
+    fov_kpc: Annotated[float, Field(ge=FOV_RANGE_KPC[0], le=FOV_RANGE_KPC[1])] = DEFAULT_FOV_KPC
     z_lens: float = 0.5
     z_source: float = 2.0
     mc_samples: Annotated[int, Field(ge=1, le=1000)] = 20

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
-from .grid import DEFAULT_FOV_KPC
-from .halo import check_finite_positive, r200_from_mass
+from .grid import DEFAULT_FOV_KPC, check_fov
+from .halo import r200_from_mass
 from .pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
 from .pinn.encoding import REPORTED, ThetaScaler, physical_from_theta, reported_array, reported_std_from_covariance
 from .pinn.model import PINN
@@ -52,7 +52,7 @@ class MapGeometry:
     z_source: float = DEFAULT_Z_SOURCE
 
     def __post_init__(self) -> None:
-        check_finite_positive("fov_kpc", self.fov_kpc)
+        check_fov(self.fov_kpc)
         lens_geometry(self.z_lens, self.z_source)
 
     @property

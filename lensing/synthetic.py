@@ -12,14 +12,13 @@ import numpy as np
 import torch
 
 from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
-from .grid import DEFAULT_FOV_KPC, pixel_grid
+from .grid import DEFAULT_FOV_KPC, check_fov, pixel_grid
 from .halo import (
     ELLIPTICITY_RANGE,
     MASS_RANGE,
     SCALE_RADIUS_RANGE,
     HaloParameters,
     characteristic_density,
-    check_finite_positive,
     check_host_box,
     check_in_range,
     r200_from_mass,
@@ -59,7 +58,7 @@ class MapRequest:
         check_in_range("grid_size", self.grid_size, GRID_SIZE_LIMITS)  # first: a finite number (NaN, inf, None)
         if isinstance(self.grid_size, bool) or int(self.grid_size) != self.grid_size:
             raise ValueError(f"grid_size must be an integer, got {self.grid_size!r}")
-        check_finite_positive("fov_kpc", self.fov_kpc)
+        check_fov(self.fov_kpc)
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS} or null, got {self.scenario!r}")
         check_in_range("noise_sigma", self.noise_sigma, (0.0, 10.0))
@@ -237,7 +236,7 @@ def generate_batch(
     Scenario draws use each map's own seed, so map k equals `generate_map` for the same parameters.
     """
     geometry = geometry or lens_geometry()
-    check_finite_positive("fov_kpc", fov_kpc)
+    check_fov(fov_kpc)
     as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float64), dtype=dtype, device=device)  # noqa: E731
     kappa_s = kappa_s_of(hosts.M_vir, hosts.scale_radius, geometry)
     core = np.zeros(len(hosts))

@@ -35,7 +35,7 @@ BAD_REQUESTS = (
     [("M_vir", v) for v in [*outside(MASS_RANGE), NAN, INF, -INF, -1e12, 0.0, "heavy", None]]
     + [("scale_radius", v) for v in [*outside(SCALE_RADIUS_RANGE), NAN, INF, -200.0, 0.0]]
     + [("grid_size", v) for v in [0, 4, 2048, 64.5, NAN, INF, None, "64", True]]
-    + [("fov_kpc", v) for v in [0.0, -1000.0, NAN, INF]]
+    + [("fov_kpc", v) for v in [0.0, -1000.0, 1.7e-117, 0.5, 2e5, NAN, INF, True]]
     + [("position_angle", v) for v in [NAN, INF, 1e4]]
     + [("noise_sigma", v) for v in [-0.1, NAN, INF]]
     + [("profile_type", v) for v in ["SIS", "nfw", "", None]]
