@@ -66,15 +66,16 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
-def _inference_input(content_type: str, body: bytes, query: InferenceOptions) -> tuple[np.ndarray, InferenceOptions]:
+def _inference_input(content_type: str, body: bytes, query: InferenceOptions,
+                     max_side: int) -> tuple[np.ndarray, InferenceOptions]:
     """(map, options) from a JSON body, or from an npy/FITS body plus query (FITS cards fill unset geometry)."""
     if content_type in (JSON, ""):
         request = InferenceRequest.model_validate_json(body)
         options = InferenceOptions.model_validate(request.model_dump(exclude={"convergence_map"}))
-        return check_map(request.convergence_map), options
+        return check_map(request.convergence_map, max_side=max_side), options
     if content_type not in BODY_FORMATS:
         raise HTTPException(415, f"Content-Type must be one of {', '.join(BODY_FORMATS)}, got {content_type!r}")
-    kappa, cards = map_from_body(content_type, body)
+    kappa, cards = map_from_body(content_type, body, max_side)
     unset = {k: v for k, v in cards.items() if k not in query.model_fields_set}
     return kappa, InferenceOptions.model_validate(query.model_dump() | unset) if unset else query
 
@@ -154,7 +155,8 @@ def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
         content_type = media_type(request.headers.get("content-type"))
         is_json = content_type in (JSON, "")
         try:
-            kappa, options = _inference_input(content_type, await request.body(), query)
+            kappa, options = _inference_input(content_type, await request.body(), query,
+                                              settings.security.max_map_side)
             result = await service.infer(kappa, options)
         except ValidationError as exc:
             return from_validation_error(exc, ("body",) if is_json else ("query",))

@@ -8,13 +8,17 @@ JSON is written with pydantic-core's serializer (several times faster than `json
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
 import pydantic_core
+from astropy.io import fits
+from numpy.lib import format as npy_format
 from starlette.responses import Response
 
 from lensing.io import from_fits_bytes, from_npy_bytes, validate_map
+from lensing.predictor import MAX_ABS_KAPPA
 
 from .errors import InvalidInput
 from .schemas import INFERENCE_MAP_SIZES
@@ -63,21 +67,78 @@ def field_name(loc: Sequence[str | int]) -> str:
     return name or "body"
 
 
-def check_map(kappa, loc: Sequence[str | int] = ("convergence_map",)) -> np.ndarray:
-    """A validated float64 map of 16..512 pixels a side, else InvalidInput at `loc` (relative to the body)."""
+def check_side(shape: Sequence[int], name: str, max_side: int) -> str | None:
+    """Why a map of `shape` is refused (2-D, square, 16..max_side a side), or None."""
+    low = INFERENCE_MAP_SIZES[0]
+    if len(shape) != 2:
+        return f"{name} must be 2-D, got {len(shape)}-D with shape {tuple(shape)}"
+    if shape[0] != shape[1]:
+        return f"{name} must be square, got shape {tuple(shape)}"
+    if not low <= shape[0] <= max_side:
+        return f"{name} must be {low}..{max_side} pixels a side, got {shape[0]}"
+    return None
+
+
+def check_map(kappa, loc: Sequence[str | int] = ("convergence_map",),
+              max_side: int = INFERENCE_MAP_SIZES[1]) -> np.ndarray:
+    """A validated float64 map of 16..max_side pixels a side, else InvalidInput at `loc` (relative to the body).
+
+    Nested lists (parsed JSON) have their shape checked before numpy sees them: rows must be lists of
+    the same length as the number of rows, within the size limit.
+    """
     name = field_name(loc)
+    if isinstance(kappa, list):
+        n = len(kappa)
+        for index, row in enumerate(kappa):
+            if not isinstance(row, list):
+                raise InvalidInput(loc, f"{name}[{index}] must be a row (a list of numbers)")
+            if len(row) != n:
+                problem = "ragged: its rows have different lengths" if any(
+                    isinstance(r, list) and len(r) != len(row) for r in kappa) else f"not square: {n} rows of {len(row)}"
+                raise InvalidInput(loc, f"{name} is {problem}")
+        if (reason := check_side((n, n), name, max_side)) is not None:
+            raise InvalidInput(loc, reason)
     try:
         kappa = validate_map(kappa, name=name)
     except ValueError as exc:
         raise InvalidInput(loc, str(exc)) from None
-    low, high = INFERENCE_MAP_SIZES
-    if not low <= kappa.shape[0] <= high:
-        raise InvalidInput(loc, f"{name} must be {low}..{high} pixels a side, got {kappa.shape[0]}")
+    if (reason := check_side(kappa.shape, name, max_side)) is not None:
+        raise InvalidInput(loc, reason)
+    if np.abs(kappa).max() > MAX_ABS_KAPPA:
+        raise InvalidInput(loc, f"{name} values must lie within +-{MAX_ABS_KAPPA:g} (the model's input domain)")
     return kappa
 
 
-def map_from_body(content_type: str, body: bytes) -> tuple[np.ndarray, dict]:
-    """Decode an npy or FITS body: (map, geometry cards found in a FITS header)."""
+def declared_shape(content_type: str, body: bytes) -> tuple[int, ...] | None:
+    """The array shape an npy header or the first FITS image header declares, read before any data."""
+    try:
+        if content_type == NPY:
+            buffer = io.BytesIO(body)
+            version = npy_format.read_magic(buffer)
+            read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+            if version not in read_header:
+                return None
+            shape, _, _ = read_header[version](buffer)
+            return tuple(shape)
+        with fits.open(io.BytesIO(body)) as hdus:
+            for hdu in hdus:  # headers only: data are read lazily
+                naxis = int(hdu.header.get("NAXIS", 0))
+                if hdu.is_image and naxis > 0:
+                    return tuple(int(hdu.header.get(f"NAXIS{axis}", 0)) for axis in range(naxis, 0, -1))
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the full decoder below
+        return None
+    return None
+
+
+def map_from_body(content_type: str, body: bytes,
+                  max_side: int = INFERENCE_MAP_SIZES[1]) -> tuple[np.ndarray, dict]:
+    """Decode an npy or FITS body: (map, geometry cards found in a FITS header).
+
+    The declared shape is checked first, so an oversized or 3-D array is refused before it is decoded.
+    """
+    shape = declared_shape(content_type, body)
+    if shape is not None and (reason := check_side(shape, "body", max_side)) is not None:
+        raise InvalidInput((), reason)
     try:
         if content_type == NPY:
             kappa, cards = from_npy_bytes(body), {}
@@ -86,7 +147,7 @@ def map_from_body(content_type: str, body: bytes) -> tuple[np.ndarray, dict]:
     except ValueError as exc:
         raise InvalidInput((), str(exc)) from None
     geometry = {key: cards[key] for key in ("fov_kpc", "z_lens", "z_source") if cards.get(key) is not None}
-    return check_map(kappa, ()), geometry
+    return check_map(kappa, (), max_side), geometry
 
 
 def json_response(payload: object, status_code: int = 200, headers: dict | None = None) -> Response:

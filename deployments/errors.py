@@ -1,4 +1,5 @@
-"""Error responses: 422 naming the field, 413, 404, 406/415, 503, and a bare 500 (never a stack trace).
+"""Error responses: 422 naming the field, 413, 404, 406/415, 503, and a bare 500 (never a stack trace:
+a generic message and the request id, with the exception logged under that id).
 
 Every 422 has FastAPI's shape, `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`, whether pydantic
 or our own shape checks found the problem; the offending input is never echoed back (a map can be
@@ -9,6 +10,7 @@ reaches a deployment, and the handlers below map what remains.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 
 from fastapi import FastAPI, Request
@@ -65,6 +67,17 @@ def from_validation_error(exc: ValidationError, prefix: Sequence[str | int]) -> 
                                                       include_context=False), prefix))
 
 
+def current_request_id() -> str:
+    """Serve's id of the request being handled (the proxy's access log and X-Request-Id), else a new one."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        request_id = _get_serve_request_context().request_id
+    except Exception:  # noqa: BLE001 - a private Serve API; any failure just means a fresh id
+        request_id = ""
+    return request_id or uuid.uuid4().hex
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the exception handlers on `app`."""
 
@@ -84,11 +97,17 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
 
     async def http_error(_: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI answers 400 for a JSON body that is not UTF-8 (a UnicodeDecodeError); like any other
+            # JSON it cannot parse, that is a 422 at the body here
+            return unprocessable([{"loc": ["body"], "msg": "the body must be JSON text in UTF-8", "type": "json_invalid"}])
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
     async def internal(_: Request, exc: Exception) -> Response:
-        logger.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, 500)
+        request_id = current_request_id()
+        logger.error("unhandled error in request %s: %s", request_id, type(exc).__name__, exc_info=exc)
+        return JSONResponse({"detail": "internal server error", "request_id": request_id}, 500,
+                            headers={"X-Request-Id": request_id})
 
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(InvalidInput, invalid_input)

@@ -205,7 +205,7 @@ class Ingress:
             request = map_request(spec, spec.seed if spec.seed is not None else new_seed(), ("synthetic", index))
             items.append({"source": "synthetic", "request": {"map_request": asdict(request)}})
         for index, entry in enumerate(batch.maps):
-            kappa = check_map(entry.convergence_map, ("maps", index, "convergence_map"))
+            kappa = check_map(entry.convergence_map, ("maps", index, "convergence_map"), self.settings.security.max_map_side)
             geometry = {"fov_kpc": entry.fov_kpc, "z_lens": entry.z_lens, "z_source": entry.z_source}
             items.append({"source": "map", "request": {"geometry": geometry, "map_shape": list(kappa.shape)},
                           "input": to_npy_bytes(kappa)})

@@ -1,9 +1,10 @@
 """ASGI middleware of the ingress, installed in one place (`install`) so hardening can slot in more.
 
-Order, outermost first: request metrics (sees every response, 413s included), then the body-size limit.
-API keys and rate limits (later work) belong between the two, so rejected requests are still counted.
-The body limit rejects a declared Content-Length at once and counts streamed bytes otherwise; a body
-that grows past the limit raises `BodyTooLarge` from `receive`, which the app answers with 413.
+Order, outermost first: request metrics (sees every response: 401, 429 and 413 included), CORS (only
+when `security.cors_origins` is set; outside the key check, so preflights need no key and refusals carry
+CORS headers), API keys and rate limits (`security.AccessControl`), then the body-size limit. The body
+limit rejects a declared Content-Length at once and counts streamed bytes otherwise; a body that grows
+past the limit raises `BodyTooLarge` from `receive`, which the app answers with 413.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .codecs import json_response
 from .errors import BodyTooLarge
+from .security import AccessControl, KeyStore, RateLimiter, document
 from .settings import AppSettings
 
 Recorder = Callable[[str, str, int, float], None]  # endpoint, method, status, latency_ms
@@ -82,6 +85,21 @@ class RequestMetrics:
 
 
 def install(app: FastAPI, settings: AppSettings, record: Recorder) -> None:
-    """Add the middleware stack; `add_middleware` wraps, so the last added is outermost."""
+    """Add the middleware stack; `add_middleware` wraps, so the last added is outermost.
+
+    Loads the API keys (raises, failing the replica's start, when keys are required and none is found)
+    and documents the access rules in the app's OpenAPI document.
+    """
+    security = settings.security
+    keys = KeyStore(security)
+    limiter = RateLimiter(security.rate_limit) if security.rate_limit.requests_per_s > 0 else None
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    if keys.enabled or limiter is not None:
+        app.add_middleware(AccessControl, keys=keys if keys.enabled else None, limiter=limiter)
+    if security.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=security.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"],
+                           expose_headers=["X-Job-Id", "Retry-After"], max_age=600)
     app.add_middleware(RequestMetrics, record=record, routes=app.routes)
+    build_openapi = app.openapi
+    app.openapi = lambda: document(build_openapi(), keys.enabled, limiter is not None)  # type: ignore[method-assign]

@@ -1,18 +1,22 @@
 """Pydantic v2 models of the v1 HTTP API: field names of the original specification (DESIGN.md section 6).
 
-Requests are validated strictly: map pixels must be finite JSON numbers (booleans and strings are
-refused), host parameters must lie in the API box. Shape rules that a JSON schema cannot express
-(ragged rows, non-square maps, map size) are checked by `codecs.map_from_json`. Responses carry
-extra fields beyond the original shapes (percentiles, seed, geometry), never fewer.
+Requests are validated strictly: every number of a JSON body must be a finite JSON number (booleans
+and strings are refused), host parameters must lie in the API box. Rules that JSON Schema cannot state
+are checked in code: square, non-ragged maps and the configured map size (`codecs.check_map`),
+z_source > z_lens, and target_size equal to the loaded model's input size. Responses carry extra
+fields beyond the original shapes (percentiles, seed, geometry), never fewer.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from lensing.cosmology import MIN_Z_LENS
+from lensing.grid import DEFAULT_FOV_KPC, FOV_RANGE_KPC
 from lensing.halo import ELLIPTICITY_RANGE, GRID_SIZES, MASS_RANGE, SCALE_RADIUS_RANGE
+from lensing.predictor import MAX_ABS_KAPPA
 from lensing.profiles import PROFILE_TYPES
 from lensing.scenarios import SCENARIOS
 
@@ -22,23 +26,39 @@ MC_SAMPLES_RANGE = (1, 1000)
 DEFAULT_MC_SAMPLES = 50
 MAX_SEED = 2**63 - 1
 
-Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-MapRows = list[list[Pixel]]
+Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_KAPPA, le=MAX_ABS_KAPPA)]
+# Depth 2 (a number where a row belongs, or a row where a number belongs, fails), at most 512 x 512:
+# checked while parsing, before any conversion to numpy. Ragged and non-square maps: codecs.check_map.
+MapRows = Annotated[list[Annotated[list[Pixel], Field(min_length=INFERENCE_MAP_SIZES[0],
+                                                       max_length=INFERENCE_MAP_SIZES[1])]],
+                    Field(min_length=INFERENCE_MAP_SIZES[0], max_length=INFERENCE_MAP_SIZES[1])]
 ProfileType = Literal[PROFILE_TYPES]  # type: ignore[valid-type]
 Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
 GridSize = Literal[GRID_SIZES]  # type: ignore[valid-type]
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _integral(value: Any) -> Any:
+    """1.0 -> 1: JSON Schema counts a number without a fractional part as an integer, and so do we."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]  # bounds first: they reach the schema
 
 
 class _Model(BaseModel):
+    """Unknown fields and non-finite numbers are refused. JSON bodies are strict as well (a boolean is not
+    a number, a string is not a boolean); query parameters, which arrive as text, are not."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Geometry(_Model):
     """Geometry of a map: field of view and redshifts (DESIGN.md section 3 defaults)."""
 
-    fov_kpc: float = Field(1000.0, gt=0, le=1e5, description="side of the square map, physical kpc")
-    z_lens: float = Field(0.5, gt=0, le=10)
+    fov_kpc: float = Field(DEFAULT_FOV_KPC, ge=FOV_RANGE_KPC[0], le=FOV_RANGE_KPC[1],
+                           description="side of the square map, physical kpc")
+    z_lens: float = Field(0.5, ge=MIN_Z_LENS, le=10)
     z_source: float = Field(2.0, gt=0, le=20)
 
     @field_validator("z_source")
@@ -52,6 +72,14 @@ class Geometry(_Model):
 
 class SyntheticRequest(Geometry):
     """A synthetic convergence map: host halo, optional dark-matter scenario, optional noise."""
+
+    # The round-NFW rule of `_round_means_round`, in the OpenAPI document too (JSON Schema if/then; an
+    # absent profile_type is the default "NFW", for which `if` holds), so clients and schema-driven
+    # generators see it. z_source > z_lens compares two fields, which JSON Schema cannot express.
+    model_config = ConfigDict(strict=True, json_schema_extra={
+        "if": {"properties": {"profile_type": {"const": "NFW"}}},
+        "then": {"properties": {"ellipticity": {"const": 0}}},
+    })
 
     profile_type: ProfileType = "NFW"
     mass: float = Field(
@@ -96,15 +124,18 @@ class SyntheticResponse(BaseModel):
 class InferenceOptions(Geometry):
     """Inference settings; query parameters for npy/FITS bodies, fields of the JSON body otherwise."""
 
-    target_size: int = Field(64, description="network input size; must equal the model's input size")
-    mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1],
-                            description="MC Dropout samples; 1 = deterministic point estimate")
+    target_size: Integer = Field(64, ge=INFERENCE_MAP_SIZES[0], le=INFERENCE_MAP_SIZES[1],
+                             description="network input size; must equal the model's input_size (GET /api/v1/models)")
+    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1],
+                                description="MC Dropout samples; 1 = deterministic point estimate")
     seed: Seed | None = Field(None, description="dropout seed; drawn and reported when null")
     refine: bool = Field(False, description="refine the estimate with the physics renderer")
 
 
 class InferenceRequest(InferenceOptions):
     """JSON body of /api/v1/inference: a square map of finite numbers, 16..512 pixels a side."""
+
+    model_config = ConfigDict(strict=True)
 
     convergence_map: MapRows
 
@@ -139,16 +170,22 @@ class InferenceResponse(InferenceResult):
 
 
 class BatchMap(Geometry):
+    model_config = ConfigDict(strict=True)
+
     convergence_map: MapRows
 
 
 class BatchRequest(_Model):
     """Items in order: job_ids (earlier synthetic jobs), then synthetic specs, then maps."""
 
+    # At least one item (checked in `Ingress.submit_batch`), stated in the OpenAPI document too.
+    model_config = ConfigDict(strict=True, json_schema_extra={"anyOf": [
+        {"required": [name], "properties": {name: {"minItems": 1}}} for name in ("job_ids", "synthetic", "maps")]})
+
     job_ids: list[str] = []
     synthetic: list[SyntheticRequest] = []
     maps: list[BatchMap] = []
-    mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1])
+    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1])
     seed: Seed | None = Field(None, description="base seed; item k uses seed + k")
     refine: bool = False
 
@@ -250,3 +287,4 @@ class ErrorItem(BaseModel):
 
 class Error(BaseModel):
     detail: str | list[ErrorItem]
+    request_id: str | None = Field(None, description="on a 500: the id under which the error was logged")

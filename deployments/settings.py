@@ -2,7 +2,8 @@
 
 Static settings live here (a change redeploys the replicas); the PINN pool's batching knobs live in
 its `user_config` (`BatchingConfig`), which Serve applies to running replicas through `reconfigure`.
-Later hardening (API keys, rate limits, CORS) adds fields here and middleware in `middleware.py`.
+Access control and input limits (API keys, rate limits, CORS, map size) are `SecuritySettings`; the
+middleware that applies them is in `middleware.py` and `security.py`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,37 @@ class PredictorSettings(BaseModel):
         return self
 
 
+class RateLimitSettings(BaseModel):
+    """A token bucket per API key (per client address when keys are off), in each ingress replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_s: float = Field(0.0, ge=0, description="sustained rate per key or client; 0 turns limiting off")
+    burst: int = Field(100, ge=1, description="bucket size: requests allowed at once after an idle period")
+    max_clients: int = Field(10000, ge=1, description="buckets kept per replica; idle full ones are dropped first")
+
+
+class SecuritySettings(BaseModel):
+    """API keys, rate limits, CORS and input-size limits (README "Security")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_api_keys: bool = Field(False, description="refuse to start without at least one API key")
+    api_keys_env: str | None = Field(None, description="environment variable holding keys, comma-separated")
+    api_keys_file: str | None = Field(None, description="file of keys or sha256:HEX hashes, one per line")
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    cors_origins: list[str] = Field([], description="origins allowed by CORS; empty: CORS off")
+    max_map_side: int = Field(512, ge=16, le=512, description="largest map side (pixels) /inference and /batch accept")
+
+    @model_validator(mode="after")
+    def _keys_have_a_source(self) -> "SecuritySettings":
+        if self.require_api_keys and not (self.api_keys_env or self.api_keys_file):
+            raise ValueError("require_api_keys needs api_keys_env or api_keys_file")
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise ValueError("cors_origins: '*' must be the only entry")
+        return self
+
+
 class AppSettings(BaseModel):
     """Arguments of `build_app` (the `args` of the application in the serve config)."""
 
@@ -63,3 +95,4 @@ class AppSettings(BaseModel):
     batch: BatchJobSettings = BatchJobSettings()
     predictor: PredictorSettings = PredictorSettings()
     pool: PoolCallSettings = PoolCallSettings()
+    security: SecuritySettings = SecuritySettings()

@@ -11,7 +11,8 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,44 @@ def readme_section(heading: str = "## Run the service") -> str:
 
 def code_blocks(markdown: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+@contextmanager
+def deployed(workdir: Path, change: Callable[[dict], Any] | None = None, num_cpus: int = 2,
+             num_gpus: int | None = None, extra_env: dict | None = None, timeout: float = 240) -> Iterator[LiveService]:
+    """A private cluster with the app deployed from `make_config` (then `change`d), healthy; the calling
+    process is a Ray driver of it (for ray.util.state and ray.kill). Everything is stopped on exit."""
+    import ray
+
+    from tests.ray_cluster import free_port, local_ray_cluster
+
+    port = free_port()
+    previous_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = {"PYTHONPATH": str(REPO)} | (extra_env or {})
+    try:
+        with local_ray_cluster(num_cpus=num_cpus, num_gpus=num_gpus, extra_env=env) as cluster:
+            ray.init(address=cluster.gcs_address, logging_level="ERROR")
+            try:
+                config = make_config(port, workdir / "store.sqlite")
+                if change is not None:
+                    change(config)
+                service = LiveService(cluster, f"http://127.0.0.1:{port}", config, workdir / "serve.yaml")
+                serve_deploy(cluster, config, service.config_path)
+                wait_until(lambda: healthy(service.base_url), timeout, "the app did not become healthy")
+                yield service
+            finally:
+                ray.shutdown()
+    finally:
+        if previous_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_auth
+
+
+def replica_actors(service: LiveService, deployment_name: str) -> list:
+    """Live actors (ray.util.state records) of a deployment's replicas."""
+    from ray.util.state import list_actors
+
+    return list_actors(address=service.cluster.dashboard_url, filters=[
+        ("class_name", "=", f"ServeReplica:{APP}:{deployment_name}"), ("state", "=", "ALIVE")])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,10 +20,8 @@ import requests
 
 from lensing.io import from_fits_bytes
 from lensing.synthetic import MapRequest, generate_map
-from tests.ray_cluster import free_port, local_ray_cluster
 from tests.serve_harness import (
-    APP, GPU_CONFIG, MIB, REPO, LiveService, code_blocks, deployment, healthy, load_yaml, make_config,
-    readme_section, serve_deploy, wait_until, with_changes,
+    APP, GPU_CONFIG, MIB, REPO, LiveService, code_blocks, deployed, deployment, healthy, load_yaml, readme_section, serve_deploy, wait_until, with_changes,
 )
 
 ray = pytest.importorskip("ray")
@@ -34,27 +31,11 @@ from ray.util.state import list_actors  # noqa: E402
 NPY, FITS, PNG = "application/x-npy", "application/fits", "image/png"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live(tmp_path_factory) -> LiveService:
     """The app deployed on a private cluster; the test process is a Ray driver of that cluster."""
-    workdir = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    previous_auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    with local_ray_cluster(num_cpus=2, num_gpus=1, extra_env={"PYTHONPATH": str(REPO)}) as cluster:
-        ray.init(address=cluster.gcs_address, logging_level="ERROR")
-        try:
-            config = make_config(port, workdir / "store.sqlite")
-            service = LiveService(cluster, f"http://127.0.0.1:{port}", config, workdir / "serve.yaml")
-            serve_deploy(cluster, config, service.config_path)
-            wait_until(lambda: healthy(service.base_url), 240, "the app did not become healthy")
-            yield service
-        finally:
-            ray.shutdown()
-            if previous_auth is None:
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = previous_auth
+    with deployed(tmp_path_factory.mktemp("serve"), num_gpus=1) as service:
+        yield service
 
 
 def post_json(live: LiveService, path: str, body, **kwargs) -> requests.Response:
@@ -202,6 +183,7 @@ BAD_INFERENCE_JSON = [
     ("redshifts", json.dumps({"convergence_map": GOOD.tolist(), "z_lens": 1.0, "z_source": 0.5}), "z_source"),
     ("fov", json.dumps({"convergence_map": GOOD.tolist(), "fov_kpc": -1}), "fov_kpc"),
     ("malformed", '{"convergence_map": [[0.1, 0.2]', "body"),
+    ("beyond-model-domain", NAN_MAP.replace("NaN", "1e300"), "convergence_map"),
 ]
 
 
@@ -222,6 +204,7 @@ BAD_BINARY = [
     ("npy-object", NPY, b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (2,), }" + b" " * 60
      + b"\n", {}, "body"),
     ("fits-garbage", FITS, b"SIMPLE  =  nonsense", {}, "body"),
+    ("npy-beyond-model-domain", NPY, npy_bytes(np.where(np.eye(32) > 0, -1e300, 0.1)), {}, "body"),
     ("query-mc", NPY, npy_bytes(GOOD), {"mc_samples": 0}, "mc_samples"),
     ("query-unknown", NPY, npy_bytes(GOOD), {"bogus": 1}, "bogus"),
 ]
@@ -247,12 +230,14 @@ BAD_SYNTHETIC = [
     ("scenario", {"scenario": "FDM"}, "scenario"),
     ("extra-field", {"mas": 1e12}, "mas"),
     ("seed", {"seed": -1}, "seed"),
+    ("lens-too-near", {"z_lens": 5e-324}, "z_lens"),
+    ("not-utf8", "\udcff\udcfe{", "body"),
 ]
 
 
 @pytest.mark.parametrize("case, body, field", BAD_SYNTHETIC, ids=[c[0] for c in BAD_SYNTHETIC])
 def test_synthetic_rejects_out_of_box_with_422_naming_the_field(live, case, body, field):
-    data = body if isinstance(body, str) else json.dumps(body)
+    data = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else json.dumps(body)
     response = requests.post(live.url("/api/v1/synthetic"), data=data, headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
     assert any(field in d["loc"] for d in response.json()["detail"]), response.text
