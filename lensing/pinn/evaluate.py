@@ -172,7 +172,7 @@ def evaluate(predictor: Predictor, n: int, seed: int, output: Path, mc_samples: 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="measure accuracy and coverage on fresh held-out maps")
     parser.add_argument("--n", type=int, default=2000, help="maps per held-out set")
-    parser.add_argument("--seed", type=int, default=777, help="held-out seed (training uses 1, calibration 10001)")
+    parser.add_argument("--seed", type=int, default=777, help="held-out seed (training streams use [seed, step]; calibration seed + 10000)")
     parser.add_argument("--output", default="runs/evaluation", help="directory for metrics.json and plots")
     parser.add_argument("--mc-samples", type=int, default=50, help="MC Dropout samples per map")
     parser.add_argument("--weights", help="directory with pinn.safetensors + pinn_card.json (default: shipped)")

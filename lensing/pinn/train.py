@@ -148,7 +148,8 @@ def train(config: TrainConfig, output: Path, resume: bool = True, command: str =
     card = {
         "name": "PINN",
         "version": config.version,
-        "description": "Physics-informed CNN for NFW host parameters and dark-matter scenario, MC Dropout head.",
+        "description": "Physics-informed CNN for NFW host parameters and dark-matter scenario"
+        + (" (with a substructure branch)" if model.config.detail_widths else "") + ", MC Dropout head.",
         "training_command": command,
         "training_config": config.model_dump(),
         "data_recipe": recipe.__dict__,
