@@ -77,10 +77,15 @@ def local_ray_cluster(
     resources: str | None = None,
     timeout: float = 120.0,
     extra_env: dict | None = None,
+    extra_args: list[str] | None = None,
+    gcs_port: int | None = None,
 ) -> Iterator[LocalRayCluster]:
-    """Start a private Ray head and yield its addresses; stop it on exit, even on failure."""
+    """Start a private Ray head and yield its addresses; stop it on exit, even on failure.
+
+    `extra_args` are appended to `ray start` (e.g. `--autoscaling-config=FILE`); `gcs_port` fixes the GCS
+    port (a free one by default) for configs that must name the address before the head starts."""
     temp_dir = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")
-    gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
+    gcs_port, dashboard_port, metrics_port = gcs_port or free_port(), free_port(), free_port()
     env = cluster_env() | (extra_env or {})
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block",
@@ -100,6 +105,7 @@ def local_ray_cluster(
         command.append(f"--num-gpus={num_gpus}")
     if resources:
         command.append(f"--resources={resources}")
+    command += extra_args or []
     log = open(Path(temp_dir) / "ray-start.log", "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
