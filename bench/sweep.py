@@ -38,6 +38,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 STAGES = ("generate", "infer", "write")
+PIPELINE = "pipeline (generate, infer, write)"  # the phase both runs share
 
 
 def bench_config(maps: int, cpus: int, shard_size: int) -> dict:
@@ -104,14 +105,18 @@ def single_process(config_path: Path, output: Path, threads: int | None, n_maps:
     t = inner["timeline"]
     phases = {
         "start, imports, model load": t["model_loaded"] - started,
-        "pipeline (generate, infer, write)": t["pipeline_finished"] - t["model_loaded"],
+        PIPELINE: t["pipeline_finished"] - t["model_loaded"],
         "summary, plots, report": t["report_written"] - t["pipeline_finished"],
         "exit": finished - t["report_written"],
     }
-    wall = finished - started
+    return run_figures(n_maps, finished - started, phases, load, threads=inner["threads"],
+                       stage_s={k: round(v, 2) for k, v in inner["stage_s"].items()})
+
+
+def run_figures(n_maps: int, wall: float, phases: dict, load: float, **extra) -> dict:
+    """One run's figures: end-to-end and pipeline-only maps/s, where the wall time went, the load before."""
     return {"wall_s": round(wall, 2), "maps_per_s": round(n_maps / wall, 1),
-            "pipeline_maps_per_s": round(n_maps / phases["pipeline (generate, infer, write)"], 1),
-            "threads": inner["threads"], "stage_s": {k: round(v, 2) for k, v in inner["stage_s"].items()},
+            "pipeline_maps_per_s": round(n_maps / phases[PIPELINE], 1), **extra,
             "phases_s": {k: round(v, 2) for k, v in phases.items()}, "load_average_before": round(load, 2)}
 
 
@@ -162,15 +167,12 @@ def ray_job(config_path: Path, output: Path, cpus: int, n_maps: int) -> dict:
         "submit: upload, job supervisor, driver start": t["driver_started"] - started,
         "driver imports, config, ray.init, actors asked": t["workers_requested"] - t["driver_started"],
         "actors start, import, load model": t["first_worker_ready"] - t["workers_requested"],
-        "pipeline (generate, infer, write)": t["pipeline_finished"] - t["first_worker_ready"],
+        PIPELINE: t["pipeline_finished"] - t["first_worker_ready"],
         "summary, plots, report": t["report_written"] - t["pipeline_finished"],
         "driver exit, job status": finished - t["report_written"],
     }
-    wall = finished - started
-    return {"wall_s": round(wall, 2), "maps_per_s": round(n_maps / wall, 1),
-            "pipeline_maps_per_s": round(n_maps / phases["pipeline (generate, infer, write)"], 1),
-            "actors": cpus, "threads_per_actor": 1, "stage_s": result["stage_s"],
-            "phases_s": {k: round(v, 2) for k, v in phases.items()}, "load_average_before": round(load, 2)}
+    return run_figures(n_maps, finished - started, phases, load, actors=cpus, threads_per_actor=1,
+                       stage_s=result["stage_s"])
 
 
 # --- comparison and report ----------------------------------------------------------------------------

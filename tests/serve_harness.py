@@ -103,6 +103,18 @@ def healthy(base_url: str) -> bool:
     return requests.get(base_url + "/health", timeout=5).status_code == 200
 
 
+def deploy_with_retry(cluster, config: dict, path, attempts: int = 3) -> None:
+    """`serve deploy`, retried: on a loaded machine the dashboard sometimes drops the first connection."""
+    for attempt in range(attempts):
+        try:
+            return serve_deploy(cluster, config, path)
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+            wait_until(lambda: requests.get(f"{cluster.dashboard_url}/api/version", timeout=5).ok, 90,
+                       "the Ray dashboard did not come back")
+
+
 def readme_section(heading: str = "## Run the service") -> str:
     """The README section `heading` (README.md if it has it, else notes/README_serve.md)."""
     for path in (REPO / "README.md", REPO / "notes" / "README_serve.md"):

@@ -23,22 +23,10 @@ import yaml
 
 from tests.ray_cluster import free_port, local_ray_cluster
 from tests.serve_harness import (
-    APP, GPU_CONFIG, REPO, LiveService, deployment, healthy, load_yaml, make_config, serve_deploy, wait_until,
+    APP, GPU_CONFIG, REPO, LiveService, deploy_with_retry, deployment, healthy, load_yaml, make_config, wait_until,
 )
 
 pytest.importorskip("ray")
-
-def deploy_with_retry(cluster, config: dict, path, attempts: int = 3) -> None:
-    """`serve deploy`, retried: on a loaded machine the dashboard sometimes drops the first connection."""
-    for attempt in range(attempts):
-        try:
-            return serve_deploy(cluster, config, path)
-        except AssertionError:
-            if attempt == attempts - 1:
-                raise
-            wait_until(lambda: requests.get(f"{cluster.dashboard_url}/api/version", timeout=5).ok, 90,
-                       "the Ray dashboard did not come back")
-
 
 NPY = "application/x-npy"
 TEST_AUTOSCALING = {
@@ -60,6 +48,9 @@ def autoscaled_config(port: int, store) -> dict:
     predictor.pop("num_replicas")
     predictor["autoscaling_config"] = dict(TEST_AUTOSCALING)
     predictor["ray_actor_options"]["num_cpus"] = 0.5  # two replicas and the rest of the app fit 2 CPUs
+    # as in configs/serve-gpu.yaml: maps travel one per call until the pool's full range, so calls count maps
+    config["applications"][0]["args"]["pool"] = {
+        "calls_in_flight": TEST_AUTOSCALING["max_replicas"] * TEST_AUTOSCALING["target_ongoing_requests"]}
     # small batches, so that requests wait in the replica (they count as ongoing) rather than all run at once
     predictor["user_config"].update(max_batch_size=2, batch_wait_timeout_s=0.0)
     return config

@@ -22,19 +22,7 @@ import requests
 import yaml
 
 from tests.ray_cluster import free_port, local_ray_cluster, stop_process
-from tests.serve_harness import REPO, LiveService, healthy, make_config, serve_deploy, wait_until
-
-def deploy_with_retry(cluster, config: dict, path, attempts: int = 3) -> None:
-    """`serve deploy`, retried: on a loaded machine the dashboard sometimes drops the first connection."""
-    for attempt in range(attempts):
-        try:
-            return serve_deploy(cluster, config, path)
-        except AssertionError:
-            if attempt == attempts - 1:
-                raise
-            wait_until(lambda: requests.get(f"{cluster.dashboard_url}/api/version", timeout=5).ok, 90,
-                       "the Ray dashboard did not come back")
-
+from tests.serve_harness import REPO, LiveService, deploy_with_retry, healthy, make_config, wait_until
 
 PROMETHEUS_CONFIG = REPO / "configs" / "prometheus.yml"
 DASHBOARD = REPO / "configs" / "grafana" / "lensing-dashboard.json"
