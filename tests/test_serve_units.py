@@ -119,6 +119,15 @@ def test_gpu_config_uses_quarter_gpus_and_autoscaling():
     assert cpu["ray_actor_options"]["num_gpus"] == 0
 
 
+def test_gpu_config_lets_the_pool_autoscaler_see_the_load():
+    """The pool autoscales on calls in flight; an ingress replica groups maps once `calls_in_flight` calls
+    are under way. Below max_replicas x target_ongoing_requests calls the pool could never scale up."""
+    config = load_yaml(GPU_CONFIG)
+    autoscaling = deployment(config, "PINNPredictor")["autoscaling_config"]
+    pool = AppSettings.model_validate(config["applications"][0]["args"]).pool
+    assert pool.calls_in_flight >= autoscaling["max_replicas"] * autoscaling["target_ongoing_requests"]
+
+
 def test_pool_client_sends_a_lone_map_at_once_and_groups_maps_that_wait():
     class FakePool:
         """Stands in for the DeploymentHandle: records each call's group, answers after a yield."""
