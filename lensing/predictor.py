@@ -35,8 +35,9 @@ MAP_SIZE_LIMITS = (16, 512)
 # The model's input domain: |kappa| at most this. Physical maps stay below ~1e2 even at a cusp pixel
 # (noise included); far beyond, the float32 input normalisation overflows and the estimate is meaningless.
 MAX_ABS_KAPPA = 1e4
-# Largest raw spread reported for (log10 M_vir, log10 r_s, e): "unconstrained". The Laplace spread of a fit
-# to a map that is no halo can be astronomically wide (10**spread overflows); held-out maps give ~1e-3.
+# Largest raw spread (before calibration) of a refined (log10 M_vir, log10 r_s, e): "unconstrained". The
+# Laplace spread of a fit to a map that is no halo can be astronomically wide (10**spread overflows);
+# held-out halo maps give spreads orders of magnitude below it, so the cap never touches them.
 UNCONSTRAINED_SPREAD = np.array([3.0, 3.0, 1.0])
 MC_SAMPLES_LIMITS = (1, 1000)
 OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentration")

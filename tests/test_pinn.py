@@ -41,7 +41,7 @@ def smooth_refined(predictor):
 
 
 def test_network_accuracy_targets(smooth_network):
-    """Issue 3 targets for the network alone: 0.02 dex, 5 %, 0.02 (median over 300 fresh smooth maps)."""
+    """Issue 3 targets for the network alone: 0.02 dex, 5 %, 0.02 (median over 600 fresh smooth maps)."""
     assert smooth_network["median_abs_dlog10_M"] <= 0.02
     assert smooth_network["median_rel_err_rs"] <= 0.05
     assert smooth_network["median_abs_de"] <= 0.02
@@ -57,7 +57,7 @@ def test_refined_accuracy_targets(smooth_refined, smooth_network):
 
 @pytest.mark.parametrize("mode", ["smooth_network", "smooth_refined"])
 def test_calibrated_coverage(mode, request):
-    """68 % and 95 % intervals cover within 5 points of nominal; with 300 maps the binomial standard
+    """68 % and 95 % intervals cover within 5 points of nominal; with 600 maps the binomial standard
     error is ~1.9 points at 68 % and ~0.9 at 95 %, so the bound is relaxed to 8 points at 68 % and 6 at 95 %
     (the 2,000-map evaluation in the model card measures the coverage itself)."""
     metrics = request.getfixturevalue(mode)
@@ -69,7 +69,7 @@ def test_calibrated_coverage(mode, request):
 
 def test_scenario_accuracy_matches_card(predictor):
     """Scenario classification on fresh maps with scenarios is at least what the model card reports,
-    within the binomial error of 300 maps (3 standard errors)."""
+    within the binomial error of 600 maps (3 standard errors)."""
     metrics = summarise_set(run_set(predictor, N_HELD_OUT, HELD_OUT_SEED + 1, MapGeometry(), 0.0, 1.0, 20, False))
     card_accuracy = predictor.card["metrics"]["scenario_accuracy"]
     stderr = np.sqrt(card_accuracy * (1 - card_accuracy) / N_HELD_OUT)
