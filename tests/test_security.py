@@ -269,6 +269,11 @@ def test_open_paths_are_limited_per_client_address(secured):
     """Last: it empties this client's address bucket (open paths are limited per address)."""
     statuses = [requests.get(secured.url("/"), timeout=30).status_code for _ in range(90)]
     assert 429 in statuses, statuses
-    refused = requests.get(secured.url("/api/v1/models"), timeout=30)
-    assert refused.status_code == 429  # a request without a key is charged to the address before the 401
+    # A request without a key is charged to the address before the 401. The bucket refills while the
+    # requests run, so the bound is the token bucket's own: at most one leftover token plus rate x elapsed.
+    started = time.monotonic()
+    keyless = [requests.get(secured.url("/api/v1/models"), timeout=30).status_code for _ in range(10)]
+    refilled = 2.0 * (time.monotonic() - started)  # the fixture's requests_per_s
+    assert set(keyless) <= {401, 429}, keyless
+    assert keyless.count(401) <= 1 + refilled, (keyless, refilled)
     assert requests.get(secured.url("/api/v1/models"), headers=bearer(KEY_ENV), timeout=30).status_code == 200
