@@ -90,7 +90,7 @@ def _sample_power_law(rng: np.random.Generator, n: int, slope: float, low: float
     return (low**k + u * (high**k - low**k)) ** (1.0 / k)
 
 
-def _expected_count(subhalo_fraction: float) -> float:
+def expected_subhalo_count(subhalo_fraction: float) -> float:
     """Expected CDM subhalo count for a mass fraction f (masses in units of M_host)."""
     low, high = SUBHALO_MASS_RANGE
     mass_integral = (high ** (2 - SUBHALO_SLOPE) - low ** (2 - SUBHALO_SLOPE)) / (2 - SUBHALO_SLOPE)
@@ -98,7 +98,7 @@ def _expected_count(subhalo_fraction: float) -> float:
     return subhalo_fraction / mass_integral * number_integral
 
 
-def _sample_projected_radii(rng: np.random.Generator, n: int, r_s: float, r_max: float) -> np.ndarray:
+def sample_projected_radii(rng: np.random.Generator, n: int, r_s: float, r_max: float) -> np.ndarray:
     """Projected radii following the host's projected NFW mass profile inside r_max."""
     table = np.linspace(1e-4, r_max / r_s, 2048)
     cumulative = nfw_enclosed(table)
@@ -130,11 +130,11 @@ def _draw_subhalos(
 ) -> tuple[Subhalos, float]:
     """Draw a CDM population (thinned for WDM when half_mode_mass is given)."""
     fraction = rng.uniform(*SUBHALO_FRACTION_RANGE)
-    count = rng.poisson(_expected_count(fraction))
+    count = rng.poisson(expected_subhalo_count(fraction))
     low, high = SUBHALO_MASS_RANGE
     mass_ratio = _sample_power_law(rng, count, SUBHALO_SLOPE, low, high)
     keep_draw = rng.random(count)
-    radius = _sample_projected_radii(rng, count, halo.r_s, halo.r200)
+    radius = sample_projected_radii(rng, count, halo.r_s, halo.r200)
     angle = rng.uniform(0.0, 2.0 * math.pi, count)
     if half_mode_mass is not None:
         survival = (1.0 + WDM_GAMMA * half_mode_mass / mass_ratio) ** (-WDM_BETA)
