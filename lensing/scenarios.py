@@ -106,6 +106,22 @@ def sample_projected_radii(rng: np.random.Generator, n: int, r_s: float, r_max: 
     return np.interp(rng.random(n), cumulative, table) * r_s
 
 
+def wdm_survival(mass_ratio, half_mode_mass):
+    """Fraction of CDM subhalos of mass ratio m / M_host that survive in WDM (Lovell et al. 2014)."""
+    return (1.0 + WDM_GAMMA * half_mode_mass / mass_ratio) ** (-WDM_BETA)
+
+
+def place_on_ellipses(
+    radius: np.ndarray, angle: np.ndarray, ellipticity: float, position_angle_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (kpc) on the host's isodensity ellipses: xi(x, y) equals the drawn radius."""
+    q = q_from_ellipticity(ellipticity)
+    x_rot = radius * np.cos(angle) / math.sqrt(q)
+    y_rot = radius * np.sin(angle) * math.sqrt(q)
+    phi = math.radians(position_angle_deg)
+    return x_rot * math.cos(phi) - y_rot * math.sin(phi), x_rot * math.sin(phi) + y_rot * math.cos(phi)
+
+
 def _subhalo_structure(
     mass: np.ndarray, distance: np.ndarray, halo: HaloParameters
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,18 +153,11 @@ def _draw_subhalos(
     radius = sample_projected_radii(rng, count, halo.r_s, halo.r200)
     angle = rng.uniform(0.0, 2.0 * math.pi, count)
     if half_mode_mass is not None:
-        survival = (1.0 + WDM_GAMMA * half_mode_mass / mass_ratio) ** (-WDM_BETA)
-        kept = keep_draw < survival
+        kept = keep_draw < wdm_survival(mass_ratio, half_mode_mass)
         mass_ratio, radius, angle = mass_ratio[kept], radius[kept], angle[kept]
     if mass_ratio.size == 0:
         return Subhalos.empty(), fraction
-    # Place on the host's isodensity ellipses: xi(x, y) equals the drawn radius.
-    q = q_from_ellipticity(ellipticity)
-    x_rot = radius * np.cos(angle) / math.sqrt(q)
-    y_rot = radius * np.sin(angle) * math.sqrt(q)
-    phi = math.radians(position_angle_deg)
-    x = x_rot * math.cos(phi) - y_rot * math.sin(phi)
-    y = x_rot * math.sin(phi) + y_rot * math.cos(phi)
+    x, y = place_on_ellipses(radius, angle, ellipticity, position_angle_deg)
     mass = mass_ratio * halo.M_vir
     kappa_s, r_s, tau = _subhalo_structure(mass, np.maximum(radius, 1e-3 * halo.r_s), halo)
     return Subhalos(x=x, y=y, mass=mass, kappa_s=kappa_s, r_s=r_s, tau=tau), fraction

@@ -20,16 +20,12 @@ import numpy as np
 
 from lensing import scenarios
 from lensing.cosmology import lens_geometry
-from lensing.grid import DEFAULT_FOV_KPC, q_from_ellipticity
+from lensing.grid import DEFAULT_FOV_KPC
 from lensing.halo import HaloParameters
 from lensing.synthetic import sample_hosts
 
 GRID = 61  # nodes per nuisance parameter
 SEED = 5
-
-
-def wdm_survival(mass_ratio: np.ndarray, half_mode: np.ndarray) -> np.ndarray:
-    return (1.0 + scenarios.WDM_GAMMA * half_mode / mass_ratio) ** (-scenarios.WDM_BETA)
 
 
 class BayesRule:
@@ -43,14 +39,14 @@ class BayesRule:
         masses = np.geomspace(low, high, 4000)
         density = masses ** -scenarios.SUBHALO_SLOPE
         density /= np.trapezoid(density, masses)
-        self.surviving = np.array([np.trapezoid(density * wdm_survival(masses, h), masses) for h in self.half_modes])
+        self.surviving = np.array([np.trapezoid(density * scenarios.wdm_survival(masses, h), masses) for h in self.half_modes])
 
     def says_wdm(self, mass_ratio: np.ndarray, fraction_in_field: float) -> bool:
         """Poisson-process likelihoods; the mass function itself cancels between the two."""
         expected = self.counts * fraction_in_field
         n = mass_ratio.size
         cdm = np.mean(np.exp(-expected) * expected**n)
-        log_kept = np.log(wdm_survival(mass_ratio[None, :], self.half_modes[:, None])).sum(axis=1)
+        log_kept = np.log(scenarios.wdm_survival(mass_ratio[None, :], self.half_modes[:, None])).sum(axis=1)
         wdm = np.mean(np.exp(-expected[:, None] * self.surviving[None, :]) * expected[:, None] ** n * np.exp(log_kept)[None, :])
         return bool(wdm > cdm)
 
@@ -59,10 +55,7 @@ def fraction_in_field(halo: HaloParameters, ellipticity: float, angle_deg: float
     """Share of this host's subhalo positions inside the field, from the recipe's own placement."""
     radius = scenarios.sample_projected_radii(rng, 4000, halo.r_s, halo.r200)
     angle = rng.uniform(0.0, 2.0 * math.pi, radius.size)
-    q = q_from_ellipticity(ellipticity)
-    x_rot, y_rot = radius * np.cos(angle) / math.sqrt(q), radius * np.sin(angle) * math.sqrt(q)
-    phi = math.radians(angle_deg)
-    x, y = x_rot * math.cos(phi) - y_rot * math.sin(phi), x_rot * math.sin(phi) + y_rot * math.cos(phi)
+    x, y = scenarios.place_on_ellipses(radius, angle, ellipticity, angle_deg)
     half = DEFAULT_FOV_KPC / 2
     return float(np.mean((np.abs(x) < half) & (np.abs(y) < half)))
 
