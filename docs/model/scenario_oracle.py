@@ -51,13 +51,17 @@ class BayesRule:
         return bool(wdm > cdm)
 
 
+def in_field(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which positions (kpc) fall inside the default square field of view."""
+    half = DEFAULT_FOV_KPC / 2
+    return (np.abs(x) < half) & (np.abs(y) < half)
+
+
 def fraction_in_field(halo: HaloParameters, ellipticity: float, angle_deg: float, rng: np.random.Generator) -> float:
     """Share of this host's subhalo positions inside the field, from the recipe's own placement."""
     radius = scenarios.sample_projected_radii(rng, 4000, halo.r_s, halo.r200)
     angle = rng.uniform(0.0, 2.0 * math.pi, radius.size)
-    x, y = scenarios.place_on_ellipses(radius, angle, ellipticity, angle_deg)
-    half = DEFAULT_FOV_KPC / 2
-    return float(np.mean((np.abs(x) < half) & (np.abs(y) < half)))
+    return float(np.mean(in_field(*scenarios.place_on_ellipses(radius, angle, ellipticity, angle_deg))))
 
 
 def main(n_maps: int) -> dict:
@@ -71,8 +75,7 @@ def main(n_maps: int) -> dict:
         e, angle = float(hosts.ellipticity[k]), float(hosts.position_angle[k])
         is_wdm = k % 2 == 1
         subhalos = scenarios.draw_scenario("WDM" if is_wdm else "CDM", halo, e, angle, rng).subhalos
-        half = DEFAULT_FOV_KPC / 2
-        inside = (np.abs(subhalos.x) < half) & (np.abs(subhalos.y) < half)
+        inside = in_field(subhalos.x, subhalos.y)
         correct += rule.says_wdm(subhalos.mass[inside] / halo.M_vir, fraction_in_field(halo, e, angle, rng)) == is_wdm
     cdm_vs_wdm = correct / n_maps
     return {"n_maps": n_maps, "cdm_vs_wdm_accuracy": cdm_vs_wdm,
