@@ -12,7 +12,7 @@ from torch import nn
 
 from lensing import MapRequest, generate_map
 from lensing.pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, export_weights, load_pretrained, load_weights
-from lensing.pinn.evaluate import run_set, summarise_set
+from lensing.pinn.evaluate import evaluate, run_set, summarise_set
 from lensing.pinn.model import PINN, PINNConfig
 from lensing.pinn.preprocess import prepare_input
 from lensing.pinn.refine import THETA_BOX, refine_theta
@@ -77,6 +77,23 @@ def test_scenario_accuracy_matches_card(predictor):
     assert metrics["scenario_accuracy"] > 0.6  # far above the 1/3 of guessing
 
 
+def test_evaluate_writes_metrics_and_plots(predictor, tmp_path):
+    """`lensing evaluate` on a tiny run: every set, the issue's keys, a scenario set of its own size whose
+    accuracy carries its binomial standard error, and the plots."""
+    metrics = evaluate(predictor, 12, 555, tmp_path, mc_samples=4, n_scenarios=30)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert set(metrics["sets"]) == {"smooth", "scenarios", "noisy_sigma_0.01", "other_geometry"}
+    assert metrics["sets"]["smooth"]["network"]["n_maps"] == 12
+    scenarios = metrics["sets"]["scenarios"]["network"]
+    assert scenarios["n_maps"] == 30 and np.sum(scenarios["confusion_matrix"]) == 30
+    accuracy = metrics["scenario_accuracy"]
+    assert metrics["scenario_accuracy_stderr"] == pytest.approx(np.sqrt(accuracy * (1 - accuracy) / 30))
+    for key in ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "coverage_68", "coverage_95"):
+        assert key in metrics and key in metrics["refined"]
+    for plot in ("pred_vs_true_network.png", "coverage_refined.png", "confusion_matrix.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+
+
 def test_weights_checksum_is_verified(tmp_path):
     weights = tmp_path / WEIGHTS_NAME
     data = bytearray((PACKAGE_WEIGHTS_DIR / WEIGHTS_NAME).read_bytes())
@@ -94,7 +111,10 @@ def test_model_card_records_measurements():
                 "coverage_95", "confusion_matrix"):
         assert key in card["metrics"]
     assert "refined" in card["metrics"]
-    assert (PACKAGE_WEIGHTS_DIR / "pinn_card.md").read_text().count("median_abs_dlog10_M") >= 1
+    assert 0 < card["metrics"]["scenario_accuracy_stderr"] < 0.01
+    markdown = (PACKAGE_WEIGHTS_DIR / "pinn_card.md").read_text()
+    for text in ("median_abs_dlog10_M", "scenario_accuracy", "Confusion matrix", "noisy_sigma_0.01", "other_geometry"):
+        assert text in markdown, text
 
 
 

@@ -12,13 +12,23 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _metrics_blocks(metrics: dict) -> list[tuple[str, dict]]:
+    """The headline block, then each held-out set and mode (cards older than `sets` list their blocks)."""
+    if "sets" not in metrics:
+        return [(name, block) for name, block in metrics.items() if isinstance(block, dict)]
+    headline = ("headline: smooth maps, network; scenario accuracy on maps with scenarios", metrics)
+    return [headline] + [(f"{name}, {mode}", block) for name, modes in metrics["sets"].items()
+                         for mode, block in modes.items()]
+
+
 def _metrics_section(metrics: dict) -> str:
     parts = []
-    for name, block in metrics.items():
-        if not isinstance(block, dict) or "median_abs_dlog10_M" not in block:
+    for name, block in _metrics_blocks(metrics):
+        if "median_abs_dlog10_M" not in block:
             continue
         rows = [["quantity", "value"]]
-        for key in ("n_maps", "median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "scenario_accuracy"):
+        for key in ("n_maps", "median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "scenario_accuracy",
+                    "scenario_accuracy_stderr"):
             if key in block:
                 rows.append([key, f"{block[key]:.4g}" if isinstance(block[key], float) else str(block[key])])
         for level in ("coverage_68", "coverage_95"):
@@ -71,7 +81,8 @@ def render_markdown(card: dict) -> str:
 
 ## Measured metrics
 
-Produced by `{card.get('evaluation_command', 'lensing evaluate')}` on held-out seeds never used in training.
+Produced by `{card.get('evaluation_command', 'lensing evaluate')}` on held-out seeds never used in training,
+with {card.get('metrics', {}).get('mc_samples', '?')} MC Dropout samples per map.
 
 {_metrics_section(card.get('metrics', {}))}
 """
