@@ -153,7 +153,7 @@ def evaluate(
         for refine in (False, True):
             if name == "scenarios" and refine:
                 continue
-            size = n_scenarios or n if name == "scenarios" else n
+            size = (n_scenarios or n) if name == "scenarios" else n
             arrays = run_set(predictor, size, seed + offset, geometry, noise, fraction, mc_samples, refine)
             mode = "refined" if refine else "network"
             results.setdefault(name, {})[mode] = summarise_set(arrays)

@@ -13,11 +13,9 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _metrics_blocks(metrics: dict) -> list[tuple[str, dict]]:
-    """The headline block, then each held-out set and mode (cards older than `sets` list their blocks)."""
-    if "sets" not in metrics:
-        return [(name, block) for name, block in metrics.items() if isinstance(block, dict)]
+    """The headline block, then each held-out set and mode of `lensing evaluate`'s metrics."""
     headline = ("headline: smooth maps, network; scenario accuracy on maps with scenarios", metrics)
-    return [headline] + [(f"{name}, {mode}", block) for name, modes in metrics["sets"].items()
+    return [headline] + [(f"{name}, {mode}", block) for name, modes in metrics.get("sets", {}).items()
                          for mode, block in modes.items()]
 
 
