@@ -117,12 +117,12 @@ def test_model_card_records_measurements():
         assert text in markdown, text
 
 
-
 def test_shipped_weights_come_from_the_repository_config():
     """The card's training config is configs/train/pinn.yaml as it stands: the README's command retrains them."""
     card = json.loads((PACKAGE_WEIGHTS_DIR / CARD_NAME).read_text())
     assert card["training_config"] == load_config(REPO / "configs/train/pinn.yaml").model_dump()
     assert card["initialised_from"] is None
+
 
 # --- MC Dropout -----------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ KEY_FILE_HASHED = "hashed-key-in-file-0123456789"
 KEY_ENV = "key-from-environment-0123456789"
 KEY_LIMITED = "key-for-the-rate-limit-0123456789"
 ORIGIN = "https://allowed.example"
+LIVE_RATE_LIMIT = {"requests_per_s": 2.0, "burst": 50}  # the live service's limits, per key or client address
 TRACE_MARKERS = ("Traceback", 'File "', "site-packages", ".py\", line")
 
 
@@ -160,7 +161,7 @@ def secured(tmp_path_factory) -> LiveService:
         application["runtime_env"] = {"env_vars": {"LENSING_TEST_KEYS": KEY_ENV}}
         application["args"]["security"] = {
             "require_api_keys": True, "api_keys_env": "LENSING_TEST_KEYS", "api_keys_file": str(key_file),
-            "rate_limit": {"requests_per_s": 2.0, "burst": 50}, "cors_origins": [ORIGIN], "max_map_side": 256}
+            "rate_limit": LIVE_RATE_LIMIT, "cors_origins": [ORIGIN], "max_map_side": 256}
 
     with deployed(workdir, secure) as service:
         yield service
@@ -194,7 +195,7 @@ def test_api_needs_a_valid_key_and_open_paths_stay_open(secured):
 def test_rate_limit_gives_429_with_retry_after_per_key(secured):
     url, headers = secured.url("/api/v1/models"), bearer(KEY_LIMITED)
     statuses = [requests.get(url, headers=headers, timeout=30).status_code for _ in range(90)]
-    assert statuses[:40] == [200] * 40 and 429 in statuses, statuses  # burst 50, 2/s
+    assert statuses[:40] == [200] * 40 and 429 in statuses, statuses  # within LIVE_RATE_LIMIT's burst
     refused = requests.get(url, headers=headers, timeout=30)
     assert refused.status_code == 429 and refused.json()["detail"]
     retry_after = int(refused.headers["retry-after"])
@@ -273,7 +274,7 @@ def test_open_paths_are_limited_per_client_address(secured):
     # requests run, so the bound is the token bucket's own: at most one leftover token plus rate x elapsed.
     started = time.monotonic()
     keyless = [requests.get(secured.url("/api/v1/models"), timeout=30).status_code for _ in range(10)]
-    refilled = 2.0 * (time.monotonic() - started)  # the fixture's requests_per_s
+    refilled = LIVE_RATE_LIMIT["requests_per_s"] * (time.monotonic() - started)
     assert set(keyless) <= {401, 429}, keyless
     assert keyless.count(401) <= 1 + refilled, (keyless, refilled)
     assert requests.get(secured.url("/api/v1/models"), headers=bearer(KEY_ENV), timeout=30).status_code == 200
