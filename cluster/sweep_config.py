@@ -17,13 +17,12 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lensing.cosmology import lens_geometry
-from lensing.grid import DEFAULT_FOV_KPC, FOV_RANGE_KPC
-from lensing.halo import ELLIPTICITY_RANGE, GRID_SIZES, MASS_RANGE, SCALE_RADIUS_RANGE
+from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, lens_geometry
+from lensing.grid import DEFAULT_FOV_KPC
+from lensing.limits import ELLIPTICITY, FOV, GRID_SIZES, MASS, MC_SAMPLES, NOISE_SIGMA, SCALE_RADIUS
 
 SMOOTH = "none"  # scenario label of a smooth host (no substructure)
 SCENARIO_LABELS = (SMOOTH, "CDM", "WDM", "SIDM")
-NOISE_LIMIT = 10.0  # the generator's noise_sigma bound
 STAGES = ("generate", "infer", "write")  # the per-shard stage times a sweep reports
 
 
@@ -39,19 +38,18 @@ Range = tuple[float, float]
 
 
 class Box(_Strict):
-    """The part of the API parameter box (DESIGN.md section 3) to sweep: [low, high] per parameter."""
+    """The part of the API parameter box (docs/design.md section 3) to sweep: [low, high] per parameter."""
 
-    M_vir: Range = MASS_RANGE
-    scale_radius: Range = SCALE_RADIUS_RANGE
-    ellipticity: Range = ELLIPTICITY_RANGE
+    M_vir: Range = MASS.endpoints
+    scale_radius: Range = SCALE_RADIUS.endpoints
+    ellipticity: Range = ELLIPTICITY.endpoints
 
     @model_validator(mode="after")
     def _inside_api_box(self) -> "Box":
-        for name, limits in (("M_vir", MASS_RANGE), ("scale_radius", SCALE_RADIUS_RANGE),
-                             ("ellipticity", ELLIPTICITY_RANGE)):
+        for name, limits in (("M_vir", MASS), ("scale_radius", SCALE_RADIUS), ("ellipticity", ELLIPTICITY)):
             low, high = getattr(self, name)
-            if not (limits[0] <= low <= high <= limits[1]):
-                raise ValueError(f"box.{name} must satisfy {limits[0]:g} <= low <= high <= {limits[1]:g}, "
+            if not (limits.low <= low <= high <= limits.high):
+                raise ValueError(f"box.{name} must satisfy {limits.low:g} <= low <= high <= {limits.high:g}, "
                                  f"got [{low:g}, {high:g}]")
         return self
 
@@ -107,12 +105,12 @@ class SweepConfig(_Strict):
     sampling: RandomSampling | GridSampling = Field(discriminator="method")
     box: Box = Box()
     scenarios: Annotated[list[Literal["none", "CDM", "WDM", "SIDM"]], Field(min_length=1)] = list(SCENARIO_LABELS)
-    noise_levels: Annotated[list[Annotated[float, Field(ge=0, le=NOISE_LIMIT)]], Field(min_length=1)] = [0.0]
+    noise_levels: Annotated[list[Annotated[float, Field(**NOISE_SIGMA.bounds())]], Field(min_length=1)] = [0.0]
     grid_size: Literal[GRID_SIZES] = 64  # type: ignore[valid-type]
-    fov_kpc: Annotated[float, Field(ge=FOV_RANGE_KPC[0], le=FOV_RANGE_KPC[1])] = DEFAULT_FOV_KPC
-    z_lens: float = 0.5
-    z_source: float = 2.0
-    mc_samples: Annotated[int, Field(ge=1, le=1000)] = 20
+    fov_kpc: Annotated[float, Field(**FOV.bounds())] = DEFAULT_FOV_KPC
+    z_lens: float = DEFAULT_Z_LENS
+    z_source: float = DEFAULT_Z_SOURCE
+    mc_samples: Annotated[int, Field(**MC_SAMPLES.bounds())] = 20
     shard_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     execution: Execution = Execution()
 

@@ -18,10 +18,10 @@ from numpy.lib import format as npy_format
 from starlette.responses import Response
 
 from lensing.io import from_fits_bytes, from_npy_bytes, validate_map
-from lensing.predictor import MAX_ABS_KAPPA
+from lensing.limits import InputError, check_kappa_domain
 
 from .errors import InvalidInput
-from .schemas import INFERENCE_MAP_SIZES
+from .schemas import MAP_SIDES
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -69,7 +69,7 @@ def field_name(loc: Sequence[str | int]) -> str:
 
 def check_side(shape: Sequence[int], name: str, max_side: int) -> str | None:
     """Why a map of `shape` is refused (2-D, square, 16..max_side a side), or None."""
-    low = INFERENCE_MAP_SIZES[0]
+    low = MAP_SIDES[0]
     if len(shape) != 2:
         return f"{name} must be 2-D, got {len(shape)}-D with shape {tuple(shape)}"
     if shape[0] != shape[1]:
@@ -80,7 +80,7 @@ def check_side(shape: Sequence[int], name: str, max_side: int) -> str | None:
 
 
 def check_map(kappa, loc: Sequence[str | int] = ("convergence_map",),
-              max_side: int = INFERENCE_MAP_SIZES[1]) -> np.ndarray:
+              max_side: int = MAP_SIDES[1]) -> np.ndarray:
     """A validated float64 map of 16..max_side pixels a side, else InvalidInput at `loc` (relative to the body).
 
     Nested lists (parsed JSON) have their shape checked before numpy sees them: rows must be lists of
@@ -104,8 +104,10 @@ def check_map(kappa, loc: Sequence[str | int] = ("convergence_map",),
         raise InvalidInput(loc, str(exc)) from None
     if (reason := check_side(kappa.shape, name, max_side)) is not None:
         raise InvalidInput(loc, reason)
-    if np.abs(kappa).max() > MAX_ABS_KAPPA:
-        raise InvalidInput(loc, f"{name} values must lie within +-{MAX_ABS_KAPPA:g} (the model's input domain)")
+    try:
+        check_kappa_domain(kappa, name)
+    except InputError as exc:
+        raise InvalidInput(loc, str(exc)) from None
     return kappa
 
 
@@ -131,7 +133,7 @@ def declared_shape(content_type: str, body: bytes) -> tuple[int, ...] | None:
 
 
 def map_from_body(content_type: str, body: bytes,
-                  max_side: int = INFERENCE_MAP_SIZES[1]) -> tuple[np.ndarray, dict]:
+                  max_side: int = MAP_SIDES[1]) -> tuple[np.ndarray, dict]:
     """Decode an npy or FITS body: (map, geometry cards found in a FITS header).
 
     The declared shape is checked first, so an oversized or 3-D array is refused before it is decoded.

@@ -25,7 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from lensing.io import from_npy_bytes, to_npy_bytes
-from lensing.predictor import MapGeometry
+from lensing.cosmology import MapGeometry
 from lensing.synthetic import MapRequest
 
 from .api import create_app

@@ -1,4 +1,4 @@
-"""Pydantic v2 models of the v1 HTTP API: field names of the original specification (DESIGN.md section 6).
+"""Pydantic v2 models of the v1 HTTP API: field names of the original specification (docs/design.md section 6).
 
 Requests are validated strictly: every number of a JSON body must be a finite JSON number (booleans
 and strings are refused), host parameters must lie in the API box. Rules that JSON Schema cannot state
@@ -13,25 +13,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from lensing.cosmology import MIN_Z_LENS
-from lensing.grid import DEFAULT_FOV_KPC, FOV_RANGE_KPC
-from lensing.halo import ELLIPTICITY_RANGE, GRID_SIZES, MASS_RANGE, SCALE_RADIUS_RANGE
-from lensing.predictor import MAX_ABS_KAPPA
+from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE
+from lensing.grid import DEFAULT_FOV_KPC
+from lensing.limits import (
+    DEFAULT_MC_SAMPLES, ELLIPTICITY, FOV, GRID_SIZES, MAP_SIDE, MASS, MAX_ABS_KAPPA, MAX_SEED, MC_SAMPLES, NOISE_SIGMA,
+    POSITION_ANGLE, SCALE_RADIUS, Z_LENS, Z_SOURCE,
+)
 from lensing.profiles import PROFILE_TYPES
 from lensing.scenarios import SCENARIOS
 
 API_VERSION = "1.0.0"
-INFERENCE_MAP_SIZES = (16, 512)  # square maps accepted by /inference (DESIGN.md section 3)
-MC_SAMPLES_RANGE = (1, 1000)
-DEFAULT_MC_SAMPLES = 50
-MAX_SEED = 2**63 - 1
+MAP_SIDES = (int(MAP_SIDE.low), int(MAP_SIDE.high))  # square maps accepted by /inference
 
 Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_KAPPA, le=MAX_ABS_KAPPA)]
 # Depth 2 (a number where a row belongs, or a row where a number belongs, fails), at most 512 x 512:
 # checked while parsing, before any conversion to numpy. Ragged and non-square maps: codecs.check_map.
-MapRows = Annotated[list[Annotated[list[Pixel], Field(min_length=INFERENCE_MAP_SIZES[0],
-                                                       max_length=INFERENCE_MAP_SIZES[1])]],
-                    Field(min_length=INFERENCE_MAP_SIZES[0], max_length=INFERENCE_MAP_SIZES[1])]
+MapRows = Annotated[list[Annotated[list[Pixel], Field(min_length=MAP_SIDES[0], max_length=MAP_SIDES[1])]],
+                    Field(min_length=MAP_SIDES[0], max_length=MAP_SIDES[1])]
 ProfileType = Literal[PROFILE_TYPES]  # type: ignore[valid-type]
 Scenario = Literal[SCENARIOS]  # type: ignore[valid-type]
 GridSize = Literal[GRID_SIZES]  # type: ignore[valid-type]
@@ -54,12 +52,11 @@ class _Model(BaseModel):
 
 
 class Geometry(_Model):
-    """Geometry of a map: field of view and redshifts (DESIGN.md section 3 defaults)."""
+    """Geometry of a map: field of view and redshifts (docs/design.md section 3 defaults)."""
 
-    fov_kpc: float = Field(DEFAULT_FOV_KPC, ge=FOV_RANGE_KPC[0], le=FOV_RANGE_KPC[1],
-                           description="side of the square map, physical kpc")
-    z_lens: float = Field(0.5, ge=MIN_Z_LENS, le=10)
-    z_source: float = Field(2.0, gt=0, le=20)
+    fov_kpc: float = Field(DEFAULT_FOV_KPC, **FOV.bounds(), description="side of the square map, physical kpc")
+    z_lens: float = Field(DEFAULT_Z_LENS, **Z_LENS.bounds(), description="lens redshift")
+    z_source: float = Field(DEFAULT_Z_SOURCE, **Z_SOURCE.bounds(), description="source redshift, behind the lens")
 
     @field_validator("z_source")
     @classmethod
@@ -83,16 +80,16 @@ class SyntheticRequest(Geometry):
 
     profile_type: ProfileType = "NFW"
     mass: float = Field(
-        2e12, ge=MASS_RANGE[0], le=MASS_RANGE[1], validation_alias=AliasChoices("mass", "M_vir"),
+        2e12, **MASS.bounds(), validation_alias=AliasChoices("mass", "M_vir"),
         description="virial mass M_200c in Msun (alias M_vir)",
     )
-    scale_radius: float = Field(200.0, ge=SCALE_RADIUS_RANGE[0], le=SCALE_RADIUS_RANGE[1], description="kpc")
-    ellipticity: float = Field(0.0, ge=ELLIPTICITY_RANGE[0], le=ELLIPTICITY_RANGE[1], description="(1-q)/(1+q)")
-    position_angle: float = Field(0.0, ge=-360, le=360, description="degrees, counter-clockwise from +x")
+    scale_radius: float = Field(200.0, **SCALE_RADIUS.bounds(), description="NFW scale radius r_s, physical kpc")
+    ellipticity: float = Field(0.0, **ELLIPTICITY.bounds(), description="(1-q)/(1+q), q = minor/major axis ratio")
+    position_angle: float = Field(0.0, **POSITION_ANGLE.bounds(), description="degrees, counter-clockwise from +x")
     grid_size: GridSize = 64
     scenario: Scenario | None = Field(None, description="dark-matter substructure; null: smooth host")
     seed: Seed | None = Field(None, description="seed of scenario and noise; drawn and reported when null")
-    noise_sigma: float = Field(0.0, ge=0, le=10, description="Gaussian noise added to kappa")
+    noise_sigma: float = Field(0.0, **NOISE_SIGMA.bounds(), description="Gaussian noise added to kappa (per-pixel std)")
     arcsec: bool = Field(False, description="also return the coordinates in arcsec")
 
     @field_validator("ellipticity")
@@ -124,9 +121,9 @@ class SyntheticResponse(BaseModel):
 class InferenceOptions(Geometry):
     """Inference settings; query parameters for npy/FITS bodies, fields of the JSON body otherwise."""
 
-    target_size: Integer = Field(64, ge=INFERENCE_MAP_SIZES[0], le=INFERENCE_MAP_SIZES[1],
+    target_size: Integer = Field(64, **MAP_SIDE.bounds(),
                              description="network input size; must equal the model's input_size (GET /api/v1/models)")
-    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1],
+    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, **MC_SAMPLES.bounds(),
                                 description="MC Dropout samples; 1 = deterministic point estimate")
     seed: Seed | None = Field(None, description="dropout seed; drawn and reported when null")
     refine: bool = Field(False, description="refine the estimate with the physics renderer")
@@ -185,7 +182,7 @@ class BatchRequest(_Model):
     job_ids: list[str] = []
     synthetic: list[SyntheticRequest] = []
     maps: list[BatchMap] = []
-    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES_RANGE[0], le=MC_SAMPLES_RANGE[1])
+    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, **MC_SAMPLES.bounds())
     seed: Seed | None = Field(None, description="base seed; item k uses seed + k")
     refine: bool = False
 

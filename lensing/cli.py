@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 from .pinn import calibration, evaluate, train
-from .halo import ELLIPTICITY_RANGE, MASS_RANGE, SCALE_RADIUS_RANGE
+from .limits import ELLIPTICITY, GRID_SIZE, MASS, NOISE_SIGMA, POSITION_ANGLE, SCALE_RADIUS, InputError
 from .io import save_npy, save_png, write_fits
 from .profiles import PROFILE_TYPES
 from .scenarios import SCENARIOS
-from .synthetic import GRID_SIZE_LIMITS, MapRequest, SyntheticMap, generate_map
+from .synthetic import MapRequest, SyntheticMap, generate_map
 
 Subparsers = argparse._SubParsersAction  # argparse's type for the object add_subparsers returns
 
@@ -41,15 +41,15 @@ class _Option:
 _OPTIONS = (
     _Option("--profile-type", "profile_type", str, "host profile; a non-zero --ellipticity needs 'Elliptical NFW'"),
     _Option("--mass", "M_vir", float, "host virial mass M_vir = M_200c in Msun (solar masses), "
-            f"in [{MASS_RANGE[0]:g}, {MASS_RANGE[1]:g}]"),
+            f"in {MASS.text()}"),
     _Option("--scale-radius", "scale_radius", float, "host NFW scale radius r_s in physical kpc, "
-            f"in [{SCALE_RADIUS_RANGE[0]:g}, {SCALE_RADIUS_RANGE[1]:g}]"),
+            f"in {SCALE_RADIUS.text()}"),
     _Option("--ellipticity", "ellipticity", float, "host ellipticity e = (1 - q) / (1 + q), dimensionless, "
-            f"q = minor/major axis ratio, in [{ELLIPTICITY_RANGE[0]:g}, {ELLIPTICITY_RANGE[1]:g}]"),
+            f"q = minor/major axis ratio, in {ELLIPTICITY.text()}"),
     _Option("--position-angle", "position_angle", float, "host position angle in degrees, "
-            "counter-clockwise from +x, in [-360, 360]"),
+            f"counter-clockwise from +x, in {POSITION_ANGLE.text()}"),
     _Option("--grid-size", "grid_size", int, "map side in pixels (the API generates 32, 64 or 128), "
-            f"in [{GRID_SIZE_LIMITS[0]}, {GRID_SIZE_LIMITS[1]}]"),
+            f"in {GRID_SIZE.text()}"),
     _Option("--fov-kpc", "fov_kpc", float, "side of the square field of view in physical kpc at the lens"),
     _Option("--z-lens", "z_lens", float, "lens redshift (dimensionless, > 0)"),
     _Option("--z-source", "z_source", float, "source redshift (dimensionless, > z_lens)"),
@@ -57,7 +57,7 @@ _OPTIONS = (
     _Option("--seed", "seed", _non_negative_int, "random seed (non-negative integer) of the scenario "
             "draw and the noise; omit for a fresh draw"),
     _Option("--noise-sigma", "noise_sigma", float, "standard deviation of Gaussian noise added to kappa "
-            "(dimensionless convergence), in [0, 10]"),
+            f"(dimensionless convergence), in {NOISE_SIGMA.text()}"),
 )
 _FLAG_OF_FIELD = {option.field: option.flag for option in _OPTIONS}
 _CHOICES = {"profile_type": PROFILE_TYPES, "scenario": SCENARIOS}
@@ -99,9 +99,8 @@ def run_generate(args: argparse.Namespace) -> int:
         return _fail("give at least one output: --npy, --fits or --png", 2)
     try:
         request = MapRequest(**{option.field: getattr(args, option.field) for option in _OPTIONS})
-    except ValueError as exc:
-        name = str(exc).split(" ", 1)[0]  # MapRequest's messages start with the field's name
-        hint = f" (option {_FLAG_OF_FIELD[name]})" if name in _FLAG_OF_FIELD else ""
+    except InputError as exc:
+        hint = f" (option {_FLAG_OF_FIELD[exc.field]})" if exc.field in _FLAG_OF_FIELD else ""
         return _fail(f"{exc}{hint}", 2)
     smap = generate_map(request)
     for path, write in writers:

@@ -14,13 +14,15 @@ import astropy.units as u
 from astropy.constants import G, c
 from astropy.cosmology import FlatLambdaCDM
 
+from .limits import H0 as H0_RANGE
+from .limits import OM0 as OM0_RANGE
+from .grid import DEFAULT_FOV_KPC, check_fov
+from .limits import check_redshifts
+
 DEFAULT_Z_LENS = 0.5
 DEFAULT_Z_SOURCE = 2.0
 DEFAULT_H0 = 70.0
 DEFAULT_OM0 = 0.3
-# The nearest lens we model: 4 Mpc away. Closer, the lens distance underflows (z -> 0 makes D_l -> 0 and
-# Sigma_cr -> infinity) and nothing observable is lensed; the API shares this bound.
-MIN_Z_LENS = 1e-3
 
 _SIGMA_UNIT = u.Msun / u.kpc**2
 _RHO_UNIT = u.Msun / u.kpc**3
@@ -28,7 +30,7 @@ _RHO_UNIT = u.Msun / u.kpc**3
 
 @dataclass(frozen=True)
 class LensGeometry:
-    """Distances and densities of one lens/source configuration (DESIGN.md section 3).
+    """Distances and densities of one lens/source configuration (docs/design.md section 3).
 
     Attributes are plain floats in Msun and physical kpc so that numpy and torch code can use them
     without unit bookkeeping; `astropy.units` is used only while computing them.
@@ -49,20 +51,6 @@ class LensGeometry:
         """Convert a physical length on the lens plane to an angle in arcsec."""
         return length_kpc / self.kpc_per_arcsec
 
-    def arcsec_to_kpc(self, angle_arcsec):
-        """Convert an angle in arcsec to a physical length on the lens plane."""
-        return angle_arcsec * self.kpc_per_arcsec
-
-
-def _check_redshifts(z_lens: float, z_source: float) -> None:
-    for name, value in (("z_lens", z_lens), ("z_source", z_source)):
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a finite positive redshift, got {value!r}")
-    if z_lens < MIN_Z_LENS:
-        raise ValueError(f"z_lens must be at least {MIN_Z_LENS}, got {z_lens!r}")
-    if z_source <= z_lens:
-        raise ValueError(f"z_source ({z_source}) must be larger than z_lens ({z_lens})")
-
 
 @lru_cache(maxsize=256)
 def lens_geometry(
@@ -75,12 +63,8 @@ def lens_geometry(
 
     Sigma_cr = c^2 D_s / (4 pi G D_l D_ls); rho_crit is evaluated at z_lens.
     """
-    z_lens, z_source = float(z_lens), float(z_source)
-    _check_redshifts(z_lens, z_source)
-    if not (math.isfinite(H0) and H0 > 0):
-        raise ValueError(f"H0 must be positive, got {H0!r}")
-    if not (math.isfinite(Om0) and 0 < Om0 <= 1):
-        raise ValueError(f"Om0 must be in (0, 1], got {Om0!r}")
+    z_lens, z_source = check_redshifts(z_lens, z_source)
+    H0, Om0 = H0_RANGE.check("H0", H0), OM0_RANGE.check("Om0", Om0)
     cosmo = FlatLambdaCDM(H0=H0, Om0=Om0)
     d_l = cosmo.angular_diameter_distance(z_lens)
     d_s = cosmo.angular_diameter_distance(z_source)
@@ -100,3 +84,20 @@ def lens_geometry(
         rho_crit=float(rho_crit.value),
         kpc_per_arcsec=float(kpc_per_arcsec.value),
     )
+
+
+@dataclass(frozen=True)
+class MapGeometry:
+    """Geometry of a map given to the model: field of view (physical kpc) and redshifts (validated)."""
+
+    fov_kpc: float = DEFAULT_FOV_KPC
+    z_lens: float = DEFAULT_Z_LENS
+    z_source: float = DEFAULT_Z_SOURCE
+
+    def __post_init__(self) -> None:
+        check_fov(self.fov_kpc)
+        lens_geometry(self.z_lens, self.z_source)
+
+    @property
+    def lens(self) -> LensGeometry:
+        return lens_geometry(self.z_lens, self.z_source)

@@ -1,30 +1,24 @@
-"""Pixel grids and the elliptical radius (DESIGN.md section 3 conventions)."""
+"""Pixel grids and the elliptical radius (docs/design.md, "Physics conventions": the grid)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from .limits import FOV, InputError
 from .nfw_math import namespace
 
-DEFAULT_FOV_KPC = 1000.0
-FOV_RANGE_KPC = (1.0, 1e5)  # from a galaxy's core to a supercluster; far outside, the mass conversion underflows
+DEFAULT_FOV_KPC = 1000.0  # side of the square field of view, physical kpc
 
 
 def check_fov(fov_kpc: float) -> float:
-    """`fov_kpc` as a float, or a ValueError naming it when it is not finite or outside FOV_RANGE_KPC."""
-    low, high = FOV_RANGE_KPC
-    if isinstance(fov_kpc, bool) or not (isinstance(fov_kpc, (int, float, np.floating, np.integer))
-                                         and math.isfinite(fov_kpc) and low <= fov_kpc <= high):
-        raise ValueError(f"fov_kpc must be a number in [{low:g}, {high:g}] kpc, got {fov_kpc!r}")
-    return float(fov_kpc)
+    """`fov_kpc` as a float, or an InputError naming it when it is not finite or outside `limits.FOV`."""
+    return FOV.check("fov_kpc", fov_kpc)
 
 
 def pixel_centres(grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
     """1-D pixel-centre coordinates (kpc): (i - (N-1)/2) * fov / N."""
     if int(grid_size) != grid_size or grid_size < 1:
-        raise ValueError(f"grid_size must be a positive integer, got {grid_size!r}")
+        raise InputError("grid_size", f"grid_size must be a positive integer, got {grid_size!r}")
     fov_kpc = check_fov(fov_kpc)
     n = int(grid_size)
     return (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * (fov_kpc / n)

@@ -1,4 +1,4 @@
-"""NFW halo parameters: M_200c, scale radius, concentration, rho_s and kappa_s (DESIGN.md section 3).
+"""NFW halo parameters: M_200c, scale radius, concentration, rho_s and kappa_s (docs/design.md, "Physics conventions").
 
 `HaloParameters` converts between the physical description a user gives (M_vir = M_200c in Msun and
 r_s in physical kpc, or M_vir and c) and the lensing normalisation the profiles need (kappa_s).
@@ -14,40 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cosmology import LensGeometry
+from .limits import ELLIPTICITY, MASS, SCALE_RADIUS, check_finite_positive
 from .nfw_math import namespace, nfw_mass_function
 
 DELTA_CRIT = 200.0
-
-# The API parameter box of the original specification (DESIGN.md section 3).
-MASS_RANGE = (1e11, 1e14)  # Msun
-SCALE_RADIUS_RANGE = (50.0, 500.0)  # kpc
-ELLIPTICITY_RANGE = (0.0, 0.5)
-GRID_SIZES = (32, 64, 128)
-
-
-def check_finite_positive(name: str, value: float) -> float:
-    """Return `value` as float, or raise a ValueError naming the parameter."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return value
-
-
-def check_in_range(name: str, value: float, bounds: tuple[float, float]) -> float:
-    """Return `value` as float if it is finite and inside `bounds`, else raise naming the parameter."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    low, high = bounds
-    if not math.isfinite(value) or not (low <= value <= high):
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
-    return value
 
 
 def r200_from_mass(mass, rho_crit: float):
@@ -122,7 +92,7 @@ class HaloParameters:
 
 
 def check_host_box(M_vir: float, scale_radius: float, ellipticity: float) -> None:
-    """Raise a ValueError naming the first host parameter outside the API box."""
-    check_in_range("M_vir", M_vir, MASS_RANGE)
-    check_in_range("scale_radius", scale_radius, SCALE_RADIUS_RANGE)
-    check_in_range("ellipticity", ellipticity, ELLIPTICITY_RANGE)
+    """Raise an InputError naming the first host parameter outside the API box."""
+    MASS.check("M_vir", M_vir)
+    SCALE_RADIUS.check("scale_radius", scale_radius)
+    ELLIPTICITY.check("ellipticity", ellipticity)

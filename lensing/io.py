@@ -2,7 +2,7 @@
 
 The HTTP API sends and receives maps as bodies (application/x-npy, application/fits, image/png), so
 every format has a bytes form; the path forms are thin wrappers. Every reader validates what it
-returns (`validate_map`): a finite, numeric, square 2-D float64 array, or a ValueError naming the problem.
+returns (`validate_map`): a finite, numeric, square 2-D float64 array, or an InputError naming the problem.
 Pickled data is never loaded (`allow_pickle=False` throughout).
 """
 
@@ -18,6 +18,7 @@ from astropy.io import fits
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from .limits import FOV, InputError
 from .synthetic import SyntheticMap
 
 PathLike = str | os.PathLike
@@ -35,19 +36,19 @@ def validate_map(array, name: str = "map") -> np.ndarray:
     try:
         values = np.asarray(array)
     except ValueError:
-        raise ValueError(f"{name} is ragged: its rows have different lengths") from None
+        raise InputError(name, f"{name} is ragged: its rows have different lengths") from None
     if values.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must hold integers or floats, got dtype {values.dtype}")
+        raise InputError(name, f"{name} must hold integers or floats, got dtype {values.dtype}")
     if values.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got {values.ndim}-D with shape {values.shape}")
+        raise InputError(name, f"{name} must be 2-D, got {values.ndim}-D with shape {values.shape}")
     if values.shape[0] != values.shape[1]:
-        raise ValueError(f"{name} must be square, got shape {values.shape}")
+        raise InputError(name, f"{name} must be square, got shape {values.shape}")
     if values.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise InputError(name, f"{name} is empty")
     values = values.astype(np.float64, copy=False)
     if not np.isfinite(values).all():
         n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-        raise ValueError(f"{name} must be finite, found {n_nan} NaN and {n_inf} Inf pixel(s)")
+        raise InputError(name, f"{name} must be finite, found {n_nan} NaN and {n_inf} Inf pixel(s)")
     return values
 
 
@@ -66,9 +67,9 @@ def from_npy_bytes(data: bytes) -> np.ndarray:
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:
-        raise ValueError(f"not a valid .npy map: {exc}") from None
+        raise InputError("body", f"not a valid .npy map: {exc}") from None
     if not isinstance(loaded, np.ndarray):  # an .npz archive
-        raise ValueError("not a valid .npy map: got an .npz archive, expected a single array")
+        raise InputError("body", "not a valid .npy map: got an .npz archive, expected a single array")
     return validate_map(loaded)
 
 
@@ -126,7 +127,7 @@ def fits_header(smap: SyntheticMap) -> fits.Header:
     """Header of a synthetic map: a linear WCS in kpc plus the geometry and host cards of `_CARDS`.
 
     FITS pixel p (1-based) along an axis has centre CRVAL + (p - CRPIX) CDELT = (p - 1 - (N-1)/2) fov/N,
-    the pixel centres of DESIGN.md section 3; axis 1 is x (numpy axis 1), axis 2 is y (numpy axis 0).
+    the pixel centres of docs/design.md section 3; axis 1 is x (numpy axis 1), axis 2 is y (numpy axis 0).
     Floats are written in the shortest form that round-trips (exact for every value of the API box);
     FITS limits a value to 20 characters, so the rare longer one keeps 16 significant digits.
     """
@@ -166,11 +167,11 @@ def from_fits_bytes(data: bytes) -> tuple[np.ndarray, dict]:
         with fits.open(io.BytesIO(data)) as hdus:
             hdu = next((h for h in hdus if h.is_image and h.data is not None), None)
             if hdu is None:
-                raise ValueError("not a valid FITS map: no HDU holds image data")
+                raise InputError("body", "not a valid FITS map: no HDU holds image data")
             image = np.array(hdu.data)
             info = {card.name: hdu.header[card.keyword] for card in _CARDS if card.keyword in hdu.header}
     except (OSError, TypeError) as exc:  # astropy: OSError for a corrupt file, TypeError for truncated data
-        raise ValueError(f"not a valid FITS map (corrupt or truncated): {exc}") from None
+        raise InputError("body", f"not a valid FITS map (corrupt or truncated): {exc}") from None
     return validate_map(image, name="FITS image"), info
 
 
@@ -210,8 +211,7 @@ def map_figure(kappa: np.ndarray, fov_kpc: float, title: str = "") -> Figure:
     ones included, are clipped to it. The figure is a bare `Figure` (no pyplot state).
     """
     kappa = validate_map(kappa)
-    if not (math.isfinite(fov_kpc) and fov_kpc > 0):
-        raise ValueError(f"fov_kpc must be finite and positive, got {fov_kpc!r}")
+    FOV.check("fov_kpc", fov_kpc)
     positive = kappa[kappa > 0]
     vmax = float(positive.max()) if positive.size else 1.0
     vmin = float(np.clip(positive.min(), vmax * LOG_DYNAMIC_RANGE, vmax / 10)) if positive.size else vmax / 10
@@ -236,7 +236,7 @@ def render_png(source: SyntheticMap | np.ndarray, fov_kpc: float | None = None, 
     else:
         kappa = source
         if fov_kpc is None:
-            raise ValueError("fov_kpc is required to render a bare map array")
+            raise InputError("fov_kpc", "fov_kpc is required to render a bare map array")
     buffer = io.BytesIO()
     map_figure(kappa, fov_kpc, title or "").savefig(buffer, format="png", dpi=PNG_DPI)
     return buffer.getvalue()

@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
-from .grid import DEFAULT_FOV_KPC, check_fov
+from .cosmology import MapGeometry
+from .limits import MC_SAMPLES, InputError, check_integer, check_maps
 from .halo import r200_from_mass
 from .pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
 from .pinn.encoding import REPORTED, ThetaScaler, physical_from_theta, reported_array, reported_std_from_covariance
@@ -31,61 +31,16 @@ from .pinn.refine import refine_theta
 from .pinn.sampling import sample_theta, summarise
 from .scenarios import SCENARIOS
 
-MAP_SIZE_LIMITS = (16, 512)
-# The model's input domain: |kappa| at most this. Physical maps stay below ~1e2 even at a cusp pixel
-# (noise included); far beyond, the float32 input normalisation overflows and the estimate is meaningless.
-MAX_ABS_KAPPA = 1e4
 # Largest raw spread (before calibration) of a refined (log10 M_vir, log10 r_s, e): "unconstrained". The
 # Laplace spread of a fit to a map that is no halo can be astronomically wide (10**spread overflows);
 # held-out halo maps give spreads orders of magnitude below it, so the cap never touches them.
 UNCONSTRAINED_SPREAD = np.array([3.0, 3.0, 1.0])
-MC_SAMPLES_LIMITS = (1, 1000)
 OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentration")
 INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity")  # order matches REPORTED
 
 
-@dataclass(frozen=True)
-class MapGeometry:
-    """Geometry of an input map: field of view (physical kpc) and redshifts."""
-
-    fov_kpc: float = DEFAULT_FOV_KPC
-    z_lens: float = DEFAULT_Z_LENS
-    z_source: float = DEFAULT_Z_SOURCE
-
-    def __post_init__(self) -> None:
-        check_fov(self.fov_kpc)
-        lens_geometry(self.z_lens, self.z_source)
-
-    @property
-    def lens(self) -> LensGeometry:
-        return lens_geometry(self.z_lens, self.z_source)
-
-
-def validate_maps(maps) -> np.ndarray:
-    """(B, N, N) float64 array of finite square maps with N in MAP_SIZE_LIMITS, else ValueError."""
-    array = np.asarray(maps)
-    if array.dtype.kind not in "fiu":
-        raise ValueError(f"convergence_map must be numeric, got dtype {array.dtype}")
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1] != array.shape[2]:
-        raise ValueError(f"convergence_map must be square 2-D maps, got shape {array.shape[-2:]}")
-    size = array.shape[-1]
-    if not MAP_SIZE_LIMITS[0] <= size <= MAP_SIZE_LIMITS[1]:
-        raise ValueError(f"convergence_map size must be in {MAP_SIZE_LIMITS[0]}..{MAP_SIZE_LIMITS[1]} px, got {size}")
-    if not np.isfinite(array).all():
-        raise ValueError("convergence_map contains NaN or Inf")
-    if np.abs(array).max() > MAX_ABS_KAPPA:
-        raise ValueError(f"convergence_map values must lie within +-{MAX_ABS_KAPPA:g}, got {np.abs(array).max():.3g}")
-    return array.astype(np.float64, copy=False)
-
-
 def _check_mc_samples(mc_samples: int) -> int:
-    if isinstance(mc_samples, bool) or int(mc_samples) != mc_samples:
-        raise ValueError(f"mc_samples must be an integer, got {mc_samples!r}")
-    if not MC_SAMPLES_LIMITS[0] <= mc_samples <= MC_SAMPLES_LIMITS[1]:
-        raise ValueError(f"mc_samples must be in [{MC_SAMPLES_LIMITS[0]}, {MC_SAMPLES_LIMITS[1]}], got {mc_samples}")
-    return int(mc_samples)
+    return check_integer("mc_samples", mc_samples, MC_SAMPLES)
 
 
 @dataclass
@@ -171,11 +126,11 @@ class Predictor:
         seed: int | Sequence[int | None] | None = None,
     ) -> PredictionBatch:
         """Predict for maps of one size and geometry; `seed` per map (one int: the same for all)."""
-        array = validate_maps(maps)
+        array = check_maps(maps)
         mc_samples = _check_mc_samples(mc_samples)
         seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(array)
         if len(seeds) != len(array):
-            raise ValueError(f"seed must give one seed per map ({len(array)}), got {len(seeds)}")
+            raise InputError("seed", f"seed must give one seed per map ({len(array)}), got {len(seeds)}")
         kappa = torch.as_tensor(array, dtype=torch.float32)
         x = prepare_input(kappa, self.model.config.input_size).to(self.device)
         theta, logits = sample_theta(self.model, x, mc_samples, seeds, self.scaler)
@@ -250,8 +205,8 @@ class Predictor:
         seeds = list(seed) if isinstance(seed, Sequence) else [seed] * n
         for name, values in (("geometries", geometries), ("mc_samples", mc), ("refine", refines), ("seed", seeds)):
             if len(values) != n:
-                raise ValueError(f"{name} must give one value per map ({n}), got {len(values)}")
-        arrays = [validate_maps(m)[0] for m in maps]
+                raise InputError(name, f"{name} must give one value per map ({n}), got {len(values)}")
+        arrays = [check_maps(m)[0] for m in maps]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, array in enumerate(arrays):
             groups[(array.shape[-1], geometries[k], _check_mc_samples(mc[k]), bool(refines[k]))].append(k)
@@ -266,7 +221,7 @@ class Predictor:
                 for k, record in zip(part, batch.to_records()):
                     numbers = [*record["predictions"].values(), *(record["uncertainties"] or {}).values()]
                     if not np.isfinite(numbers).all():  # a map far from any halo the model can describe
-                        raise ValueError(f"convergence_map {k}: the model's estimate is not finite for this map")
+                        raise InputError("convergence_map", f"convergence_map {k}: the model's estimate is not finite for this map")
                     results[k] = record
         return results  # type: ignore[return-value]
 

@@ -4,7 +4,7 @@ Coordinates are physical kpc on the lens plane, relative to the map centre. Each
 own dimensionless normalisation kappa_s and scale radius r_s, so hosts (built from HaloParameters)
 and subhalos (built from their own kappa_s) share the same classes.
 
-`convergence_map` renders the pixel grid of DESIGN.md section 3. A centred host is symmetric under
+`convergence_map` renders the pixel grid of docs/design.md section 3. A centred host is symmetric under
 (x, y) -> (-x, -y) (and a spherical one under each reflection), and the grid's pixel centres are
 exactly antisymmetric, so only the independent part is evaluated and mirrored: bit-identical to
 `convergence` on every pixel, at a half (elliptical) or a quarter (spherical) of the cost.
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .grid import DEFAULT_FOV_KPC, pixel_centres, pixel_grid, q_from_ellipticity
-from .halo import ELLIPTICITY_RANGE, HaloParameters, check_finite_positive, check_in_range
+from .halo import HaloParameters
+from .limits import CORE_FRACTION, ELLIPTICITY, POSITION_ANGLE, PROFILE_ELLIPTICITY, InputError, check_choice, check_finite_positive
 from .nfw_math import (
     cored_nfw_projected_sq,
     nfw_enclosed,
@@ -50,7 +51,7 @@ def _blockwise(func, x, y) -> np.ndarray:
 
 
 def _quadratic_form(q: float, phi_deg: float, r_s: float) -> tuple[float, float, float]:
-    """(a, b, c) with (xi / r_s)^2 = a x^2 + b x y + c y^2 for the elliptical radius of DESIGN.md section 3.
+    """(a, b, c) with (xi / r_s)^2 = a x^2 + b x y + c y^2 for the elliptical radius of docs/design.md section 3.
 
     Expands q x'^2 + y'^2 / q with x' = x cos phi + y sin phi, y' = -x sin phi + y cos phi.
     """
@@ -91,7 +92,7 @@ class Profile(ABC):
         """Dimensionless surface density kappa at (x, y) in kpc."""
 
     def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
-        """kappa on the (grid_size, grid_size) pixel grid of DESIGN.md section 3 (map[i][j] at X[i][j], Y[i][j])."""
+        """kappa on the (grid_size, grid_size) pixel grid of docs/design.md section 3 (map[i][j] at X[i][j], Y[i][j])."""
         return self.convergence(*pixel_grid(grid_size, fov_kpc))
 
 
@@ -159,7 +160,7 @@ class _CentredEllipticalProfile(Profile):
 
 @dataclass(frozen=True)
 class EllipticalNFW(_CentredEllipticalProfile):
-    """NFW convergence evaluated at the elliptical radius xi (DESIGN.md section 3)."""
+    """NFW convergence evaluated at the elliptical radius xi (docs/design.md section 3)."""
 
     kappa_s: float
     r_s: float
@@ -169,12 +170,12 @@ class EllipticalNFW(_CentredEllipticalProfile):
     def __post_init__(self) -> None:
         check_finite_positive("kappa_s", self.kappa_s)
         check_finite_positive("scale_radius", self.r_s)
-        check_in_range("ellipticity", self.ellipticity, (0.0, 0.99))
-        check_in_range("position_angle", self.position_angle_deg, (-360.0, 360.0))
+        PROFILE_ELLIPTICITY.check("ellipticity", self.ellipticity)
+        POSITION_ANGLE.check("position_angle", self.position_angle_deg)
 
     @classmethod
     def from_halo(cls, halo: HaloParameters, ellipticity: float, position_angle_deg: float = 0.0) -> "EllipticalNFW":
-        check_in_range("ellipticity", ellipticity, ELLIPTICITY_RANGE)
+        ELLIPTICITY.check("ellipticity", ellipticity)
         return cls(halo.kappa_s, halo.r_s, ellipticity, position_angle_deg)
 
     @property
@@ -182,7 +183,7 @@ class EllipticalNFW(_CentredEllipticalProfile):
         return q_from_ellipticity(self.ellipticity)
 
     def elliptical_radius(self, x, y) -> np.ndarray:
-        """xi (kpc) of DESIGN.md section 3."""
+        """xi (kpc) of docs/design.md section 3."""
         form = _quadratic_form(self.q, self.position_angle_deg, self.r_s)
         return self.r_s * np.sqrt(_evaluate_form(form, _as_float64(x), _as_float64(y)))
 
@@ -207,8 +208,8 @@ class CoredNFW(_CentredEllipticalProfile):
     def __post_init__(self) -> None:
         check_finite_positive("kappa_s", self.kappa_s)
         check_finite_positive("scale_radius", self.r_s)
-        check_in_range("core_fraction", self.core_fraction, (1e-4, 0.9))
-        check_in_range("ellipticity", self.ellipticity, (0.0, 0.99))
+        CORE_FRACTION.check("core_fraction", self.core_fraction)
+        PROFILE_ELLIPTICITY.check("ellipticity", self.ellipticity)
 
     @classmethod
     def from_halo(
@@ -248,6 +249,12 @@ class TruncatedNFW(Profile):
 PROFILE_TYPES = ("NFW", "Elliptical NFW")
 
 
+def check_round_nfw(profile_type: str, ellipticity: float) -> None:
+    """InputError naming `ellipticity` when a round NFW is given one ("NFW" means e = 0)."""
+    if profile_type == "NFW" and ellipticity != 0.0:
+        raise InputError("ellipticity", "ellipticity must be 0 for profile_type 'NFW'; use 'Elliptical NFW'")
+
+
 def host_profile(
     profile_type: str,
     halo: HaloParameters,
@@ -256,11 +263,9 @@ def host_profile(
     core_fraction: float | None = None,
 ) -> Profile:
     """The host profile for a request: NFW, elliptical NFW, or a cored (SIDM) version of either."""
-    if profile_type not in PROFILE_TYPES:
-        raise ValueError(f"profile_type must be one of {PROFILE_TYPES}, got {profile_type!r}")
-    if profile_type == "NFW" and ellipticity != 0.0:
-        raise ValueError("ellipticity must be 0 for profile_type 'NFW'; use 'Elliptical NFW'")
-    check_in_range("ellipticity", ellipticity, ELLIPTICITY_RANGE)
+    check_choice("profile_type", profile_type, PROFILE_TYPES)
+    check_round_nfw(profile_type, ellipticity)
+    ELLIPTICITY.check("ellipticity", ellipticity)
     if core_fraction is not None:
         return CoredNFW.from_halo(halo, core_fraction, ellipticity, position_angle_deg)
     if profile_type == "NFW":

@@ -1,4 +1,4 @@
-"""Dark-matter scenarios drawn on top of a host halo: CDM, WDM and SIDM (DESIGN.md section 4).
+"""Dark-matter scenarios drawn on top of a host halo: CDM, WDM and SIDM (docs/design.md section 4).
 
 Recipes (all draws from one seeded numpy Generator, so a seed reproduces a map exactly):
 
@@ -30,6 +30,7 @@ import numpy as np
 from .halo import HaloParameters, characteristic_density, r200_from_mass
 from .grid import q_from_ellipticity
 from .nfw_math import nfw_enclosed, nfw_mass_function
+from .limits import check_choice
 
 SCENARIOS = ("CDM", "WDM", "SIDM")
 SCENARIO_CLASS = {name: index for index, name in enumerate(SCENARIOS)}
@@ -171,8 +172,7 @@ def draw_scenario(
     rng: np.random.Generator | int | None = None,
 ) -> ScenarioRealisation:
     """Draw scenario `name` ('CDM', 'WDM' or 'SIDM') for a host; `rng` may be a seed."""
-    if name not in SCENARIO_CLASS:
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {name!r}")
+    check_choice("scenario", name, SCENARIOS)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     core_fraction = None
     half_mode_mass = None

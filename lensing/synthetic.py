@@ -13,21 +13,12 @@ import torch
 
 from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
 from .grid import DEFAULT_FOV_KPC, check_fov, pixel_grid
-from .halo import (
-    ELLIPTICITY_RANGE,
-    MASS_RANGE,
-    SCALE_RADIUS_RANGE,
-    HaloParameters,
-    characteristic_density,
-    check_host_box,
-    check_in_range,
-    r200_from_mass,
-)
-from .profiles import PROFILE_TYPES, TruncatedNFW, host_profile
+from .halo import HaloParameters, characteristic_density, check_host_box, r200_from_mass
+from .limits import ELLIPTICITY, GRID_SIZE, MASS, NOISE_SIGMA, POSITION_ANGLE, SCALE_RADIUS, InputError, check_choice, check_integer
+from .profiles import PROFILE_TYPES, TruncatedNFW, check_round_nfw, host_profile
 from .render import add_subhalos, render_hosts
 from .scenarios import SCENARIOS, ScenarioRealisation, draw_scenario
 
-GRID_SIZE_LIMITS = (8, 1024)
 NO_SCENARIO = -1  # class id of a smooth host
 
 
@@ -49,23 +40,18 @@ class MapRequest:
     noise_sigma: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.profile_type not in PROFILE_TYPES:
-            raise ValueError(f"profile_type must be one of {PROFILE_TYPES}, got {self.profile_type!r}")
+        check_choice("profile_type", self.profile_type, PROFILE_TYPES)
         check_host_box(self.M_vir, self.scale_radius, self.ellipticity)
-        if self.profile_type == "NFW" and self.ellipticity != 0:
-            raise ValueError("ellipticity must be 0 for profile_type 'NFW'; use 'Elliptical NFW'")
-        check_in_range("position_angle", self.position_angle, (-360.0, 360.0))
-        check_in_range("grid_size", self.grid_size, GRID_SIZE_LIMITS)  # first: a finite number (NaN, inf, None)
-        if isinstance(self.grid_size, bool) or int(self.grid_size) != self.grid_size:
-            raise ValueError(f"grid_size must be an integer, got {self.grid_size!r}")
+        check_round_nfw(self.profile_type, self.ellipticity)
+        POSITION_ANGLE.check("position_angle", self.position_angle)
+        check_integer("grid_size", self.grid_size, GRID_SIZE)
         check_fov(self.fov_kpc)
-        if self.scenario is not None and self.scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {SCENARIOS} or null, got {self.scenario!r}")
-        check_in_range("noise_sigma", self.noise_sigma, (0.0, 10.0))
+        check_choice("scenario", self.scenario, SCENARIOS, optional=True)
+        NOISE_SIGMA.check("noise_sigma", self.noise_sigma)
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0
         ):
-            raise ValueError(f"seed must be a non-negative integer or null, got {self.seed!r}")
+            raise InputError("seed", f"seed must be a non-negative integer or null, got {self.seed!r}")
         lens_geometry(self.z_lens, self.z_source)  # validates the redshifts
 
     @property
@@ -197,9 +183,9 @@ def sample_hosts(
     n: int,
     rng: np.random.Generator | int | None = None,
     scenario_probability: float = 0.0,
-    mass_range: tuple[float, float] = MASS_RANGE,
-    scale_radius_range: tuple[float, float] = SCALE_RADIUS_RANGE,
-    ellipticity_range: tuple[float, float] = ELLIPTICITY_RANGE,
+    mass_range: tuple[float, float] = MASS.endpoints,
+    scale_radius_range: tuple[float, float] = SCALE_RADIUS.endpoints,
+    ellipticity_range: tuple[float, float] = ELLIPTICITY.endpoints,
 ) -> HostBatch:
     """Draw hosts over the box: M_vir and r_s log-uniform, e uniform, position angle uniform in [0, 180).
 

@@ -11,7 +11,10 @@ from scipy.integrate import quad
 
 from lensing import NFW, CoredNFW, EllipticalNFW, HaloParameters, MapRequest, TruncatedNFW, generate_map, lens_geometry
 from lensing.grid import pixel_grid
-from lensing.halo import DELTA_CRIT, MASS_RANGE, SCALE_RADIUS_RANGE, mass_from_lensing
+from lensing.halo import DELTA_CRIT, mass_from_lensing
+from lensing.limits import MASS, SCALE_RADIUS
+
+MASS_RANGE, SCALE_RADIUS_RANGE = MASS.endpoints, SCALE_RADIUS.endpoints
 from lensing.nfw_math import (
     X_MIN,
     cored_nfw_projected,

@@ -16,7 +16,9 @@ from scipy.integrate import quad
 
 from lensing import NFW, CoredNFW, EllipticalNFW, HaloParameters, TruncatedNFW, lens_geometry
 from lensing.grid import pixel_grid
-from lensing.halo import MASS_RANGE, SCALE_RADIUS_RANGE
+from lensing.limits import MASS, SCALE_RADIUS
+
+MASS_RANGE, SCALE_RADIUS_RANGE = MASS.endpoints, SCALE_RADIUS.endpoints
 
 lenstronomy = pytest.importorskip("lenstronomy")
 from lenstronomy.Cosmo.lens_cosmo import LensCosmo  # noqa: E402

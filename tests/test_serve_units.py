@@ -17,7 +17,7 @@ from deployments.pool import PoolClient
 from deployments.predictor import BatchingConfig, InferenceItem
 from deployments.settings import AppSettings
 from deployments.store import JobDatabase
-from lensing.predictor import MapGeometry
+from lensing.cosmology import MapGeometry
 from tests.serve_harness import GPU_CONFIG, SERVE_CONFIG, deployment, load_yaml
 
 

@@ -18,7 +18,9 @@ from lensing import (
     lens_geometry,
 )
 from lensing.grid import pixel_grid
-from lensing.halo import ELLIPTICITY_RANGE, MASS_RANGE, SCALE_RADIUS_RANGE
+from lensing.limits import ELLIPTICITY, MASS, SCALE_RADIUS
+
+MASS_RANGE, SCALE_RADIUS_RANGE, ELLIPTICITY_RANGE = MASS.endpoints, SCALE_RADIUS.endpoints, ELLIPTICITY.endpoints
 from lensing.profiles import host_profile
 from lensing.scenarios import draw_scenario
 from lensing.synthetic import sample_hosts
