@@ -1,11 +1,12 @@
-"""Background runner of batch jobs inside an ingress replica (lease protocol in `store.py`).
+"""Batch jobs: submission (validate, persist, acknowledge) and the background runner of an ingress replica.
 
-A batch is persisted before it is acknowledged, then run here: items go through the same generator
-and PINN pool as single requests, at most `concurrency` at a time (so they batch in the pool), each
-result stored as soon as it exists. A sweeper renews this runner's leases and claims batches whose
-runner died (their lease expired), resuming them from their unfinished items. Input errors fail an item
-at once; other errors (a replica restarting) are retried `item_retries` times, then fail the item with
-the reason. Nothing is lost: a batch ends completed, or failed with a reason.
+A batch is persisted before it is acknowledged (`BatchJobs.submit`), then run here: items go through the
+same generator and PINN pool as single requests, at most `concurrency` at a time (so they batch in the
+pool), each result stored as soon as it exists (`BatchJobs.process`). A sweeper renews this runner's
+leases (lease protocol in `store.py`) and claims batches whose runner died (their lease expired),
+resuming them from their unfinished items. Input errors (`InputError`, `InvalidInput`) fail an item at
+once; any other error (a replica restarting, a fault of ours) is retried `item_retries` times, then fails
+the item with the reason. Nothing is lost: a batch ends completed, or failed with a reason.
 """
 
 from __future__ import annotations
@@ -14,14 +15,28 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 
 from ray.serve.handle import DeploymentHandle
 
+from lensing.cosmology import MapGeometry
+from lensing.io import from_npy_bytes, to_npy_bytes
+from lensing.limits import InputError
+from lensing.synthetic import MapRequest
+
+from .batch_items import BatchItem, BatchOptions
+from .http.codecs import check_map
+from .http.errors import InvalidInput, UnknownId
+from .http.schemas import BatchRequest
+from .inference import Inference
+from .pinn_pool import InferenceItem
 from .settings import BatchJobSettings
+from .synthesis import Synthesis, map_request, new_seed
 
 logger = logging.getLogger("ray.serve")
 
-ProcessItem = Callable[[dict, dict], Awaitable[dict]]  # (batch options, item) -> result
+ProcessItem = Callable[[BatchOptions, BatchItem], Awaitable[dict]]
+INPUT_ERRORS = (InputError, InvalidInput)  # the client's fault: retrying cannot help
 
 
 class BatchRunner:
@@ -59,7 +74,7 @@ class BatchRunner:
         while True:
             try:
                 await self._sweep()
-            except Exception:  # noqa: BLE001 - the store may be restarting; try again next period
+            except Exception:
                 logger.exception("batch sweep failed")
             await asyncio.sleep(self.settings.lease_ttl_s / 3)
 
@@ -83,26 +98,90 @@ class BatchRunner:
             await self.store.finalize_batch.remote(batch_id)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the lease lapses and the batch is claimed again or failed
+        except Exception:
             logger.exception("batch %s stopped; it will be resumed after its lease expires", batch_id)
 
-    async def _run_item(self, options: dict, item: dict) -> None:
+    async def _run_item(self, options: BatchOptions, item: BatchItem) -> None:
         async with self._slots:
-            await self.store.start_item.remote(item["job_id"])
+            await self.store.start_item.remote(item.job_id)
             error = "not run"
             for attempt in range(self.settings.item_retries + 1):
                 try:
                     result = await self.process(options, item)
                 except asyncio.CancelledError:
                     raise
-                except ValueError as exc:  # bad input: retrying cannot help
+                except INPUT_ERRORS as exc:
                     error = str(exc)
                     break
                 except Exception as exc:  # noqa: BLE001 - transient until proven otherwise
                     error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    logger.warning("batch item %s attempt %d failed: %s", item["job_id"], attempt + 1, error)
+                    logger.warning("batch item %s attempt %d failed: %s", item.job_id, attempt + 1, error)
                     await asyncio.sleep(0.5 * (attempt + 1))
                 else:
-                    await self.store.finish_item.remote(item["job_id"], result=result)
+                    await self.store.finish_item.remote(item.job_id, result=result)
                     return
-            await self.store.finish_item.remote(item["job_id"], error=error)
+            await self.store.finish_item.remote(item.job_id, error=error)
+
+
+class BatchJobs:
+    """/api/v1/batch: validates and persists a batch, runs its items (`BatchRunner`), reports its status."""
+
+    def __init__(self, store: DeploymentHandle, synthesis: Synthesis, inference: Inference,
+                 settings: BatchJobSettings, max_map_side: int) -> None:
+        self.store, self.synthesis, self.inference = store, synthesis, inference
+        self.settings, self.max_map_side = settings, max_map_side
+        self.runner = BatchRunner(store, self.process, settings)
+
+    async def submit(self, batch: BatchRequest) -> dict:
+        """Validate, persist (before acknowledging) and start a batch; returns the acknowledgement."""
+        total = len(batch.job_ids) + len(batch.synthetic) + len(batch.maps)
+        if total == 0:
+            raise InvalidInput((), "a batch needs at least one item in job_ids, synthetic or maps")
+        if total > self.settings.max_items:
+            raise InvalidInput((), f"a batch holds at most {self.settings.max_items} items, got {total}")
+        known = await self.store.synthetic_requests.remote(batch.job_ids)
+        for index, job_id in enumerate(batch.job_ids):
+            if job_id not in known:
+                raise UnknownId(f"job_ids[{index}]: no synthetic job {job_id!r}")
+        base_seed = batch.seed if batch.seed is not None else new_seed()
+        sources: list[dict] = [{"source": "job", "map_request": known[job_id], "source_job_id": job_id}
+                               for job_id in batch.job_ids]
+        for index, spec in enumerate(batch.synthetic):
+            request = map_request(spec, spec.seed if spec.seed is not None else new_seed(), ("synthetic", index))
+            sources.append({"source": "synthetic", "map_request": asdict(request)})
+        for index, entry in enumerate(batch.maps):
+            kappa = check_map(entry.convergence_map, ("maps", index, "convergence_map"), self.max_map_side)
+            geometry = {"fov_kpc": entry.fov_kpc, "z_lens": entry.z_lens, "z_source": entry.z_source}
+            sources.append({"source": "map", "geometry": geometry, "map_shape": kappa.shape,
+                            "input": to_npy_bytes(kappa)})
+        items = [BatchItem(job_id=uuid.uuid4().hex, index=index, seed=(base_seed + index) % 2**63, **source)
+                 for index, source in enumerate(sources)]
+        batch_id = uuid.uuid4().hex
+        options = BatchOptions(mc_samples=batch.mc_samples, refine=batch.refine, base_seed=base_seed)
+        await self.store.create_batch.remote(batch_id, items, options, self.runner.owner, self.settings.lease_ttl_s)
+        self.runner.run(batch_id)
+        return {"batch_id": batch_id, "message": f"Batch job submitted with {total} items",
+                "status_url": f"/api/v1/batch/{batch_id}/status", "total": total,
+                "job_ids": [item.job_id for item in items]}
+
+    async def process(self, options: BatchOptions, item: BatchItem) -> dict:
+        """One item: (re)generate its map if synthetic, infer it; the truth rides along."""
+        truth = None
+        if item.source == "map":
+            assert item.input is not None and item.geometry is not None
+            kappa, geometry = from_npy_bytes(item.input), MapGeometry(**item.geometry)
+        else:
+            assert item.map_request is not None
+            spec = MapRequest(**item.map_request)
+            generated = await self.synthesis.render(spec)
+            kappa, truth = generated.map.convergence, generated.map.parameters()
+            geometry = MapGeometry(spec.fov_kpc, spec.z_lens, spec.z_source)
+        result = await self.inference.run(InferenceItem(kappa, geometry, options.mc_samples, item.seed, options.refine))
+        result = {k: v for k, v in result.items() if k != "serving"} | {"seed": item.seed}
+        return {"truth": truth, **result} if truth is not None else result
+
+    async def status(self, batch_id: str) -> dict:
+        status = await self.store.batch_status.remote(batch_id)
+        if status is None:
+            raise UnknownId(f"no batch {batch_id!r}")
+        return status

@@ -19,8 +19,9 @@ from ray import serve
 from lensing.io import render_png, to_fits_bytes, to_npy_bytes
 from lensing.synthetic import MapRequest, SyntheticMap, generate_map
 
-from .codecs import FITS, JSON, NPY, PNG
+from .http.codecs import FITS, JSON, NPY, PNG
 from .metrics import GeneratorMetrics
+from .settings import GENERATOR_REPLICA
 
 INLINE_MAX_PIXELS = 128 * 128
 
@@ -46,7 +47,7 @@ class MapRenderer:
         self._png_lock = threading.Lock()
         generate_map(MapRequest(grid_size=32))  # warm the cosmology cache before the first request
 
-    def _encode(self, smap: SyntheticMap, fmt: str) -> bytes | None:
+    def _encode(self, smap: SyntheticMap, fmt: str | None) -> bytes | None:
         if fmt == NPY:
             return to_npy_bytes(smap.convergence)
         if fmt == FITS:
@@ -56,19 +57,19 @@ class MapRenderer:
                 return render_png(smap)
         return None
 
-    def render(self, request: MapRequest, fmt: str = JSON) -> GeneratedMap:
+    def render(self, request: MapRequest, fmt: str | None = None) -> GeneratedMap:
         """The map of `request`; `fmt` (a media type) selects the file to encode, if any."""
         smap = generate_map(request)
         body = self._encode(smap, fmt)
-        self._metrics.record(request.profile_type, request.scenario, fmt)
+        self._metrics.record(request.profile_type, request.scenario, fmt or "array")
         return GeneratedMap(smap, body)
 
 
-@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(**GENERATOR_REPLICA.deployment_options())
 class SyntheticGenerator:
     def __init__(self) -> None:
         self.renderer = MapRenderer()
 
-    def generate(self, request: MapRequest, fmt: str = JSON) -> GeneratedMap:
+    def generate(self, request: MapRequest, fmt: str | None = None) -> GeneratedMap:
         """Render the map of `request`; `fmt` (a media type) selects the file to encode, if any."""
         return self.renderer.render(request, fmt)

@@ -46,7 +46,7 @@ class GroupedCalls(Generic[Item, Result]):
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for (_, future), result in zip(group, results):
+                    for (_, future), result in zip(group, results, strict=True):
                         if not future.done():  # a caller whose client went away has cancelled its future
                             future.set_result(result)
         finally:

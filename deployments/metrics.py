@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
 
-LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128]
-MC_SAMPLES = [1, 5, 10, 20, 50, 100, 200, 500, 1000]
+LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]
+BATCH_SIZES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+MC_SAMPLES = [1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
 
 
 class IngressMetrics:
@@ -19,7 +19,7 @@ class IngressMetrics:
 
     def __init__(self) -> None:
         self.requests = Counter("lensing_requests", "HTTP requests by endpoint, method and status code",
-                                tag_keys=("endpoint", "method", "status"))
+                                tag_keys=("endpoint", "method", "status"))  # type: ignore[arg-type]  # Ray: tuple[str]
         self.latency_ms = Histogram("lensing_request_latency_ms", "HTTP request latency (ms) by endpoint",
                                     boundaries=LATENCY_MS, tag_keys=("endpoint",))
 
@@ -54,7 +54,7 @@ class GeneratorMetrics:
 
     def __init__(self) -> None:
         self.maps = Counter("lensing_maps_generated", "synthetic maps generated",
-                            tag_keys=("profile_type", "scenario", "format"))
+                            tag_keys=("profile_type", "scenario", "format"))  # type: ignore[arg-type]  # Ray: tuple[str]
 
     def record(self, profile_type: str, scenario: str | None, fmt: str) -> None:
         self.maps.inc(1, tags={"profile_type": profile_type, "scenario": scenario or "none", "format": fmt})

@@ -1,34 +1,80 @@
-"""Application settings: the `args` block of a serve config, validated once by the app builder.
+"""Every setting of the application and its default, in one place (docs/design.md section 7).
 
-Static settings live here (a change redeploys the replicas); the PINN pool's batching knobs live in
-its `user_config` (`BatchingConfig`), which Serve applies to running replicas through `reconfigure`.
-Access control and input limits (API keys, rate limits, CORS, map size) are `SecuritySettings`; the
-middleware that applies them is in `middleware.py` and `security.py`.
+Three kinds, each a pydantic model whose defaults are the laptop configuration (`serve_config.yaml`
+states only what differs from them, with a comment why; `configs/serve-gpu.yaml` the cluster's):
+- `AppSettings`: the `args` block of the application, validated once by the app builder. Static: a
+  change redeploys the replicas.
+- `PoolBatching`: the PINN pool's `user_config`, applied to running replicas by `reconfigure`, so
+  `serve deploy` retunes batching without a restart.
+- `ReplicaDefaults`: the replica options each `@serve.deployment` decorator reads (CPUs, GPUs,
+  requests in flight); the serve configs' `deployments` entries override them.
+Access control and input-size limits are `SecuritySettings` (applied by `http/middleware.py`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MIB = 1024 * 1024
 
 
-class BatchJobSettings(BaseModel):
-    """Background processing of /api/v1/batch jobs."""
-
+class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ReplicaDefaults(_Settings):
+    """Options of one deployment's replicas when the serve config does not override them."""
+
+    num_cpus: float = Field(ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(ge=1)
+    num_replicas: int = Field(1, ge=1)
+
+    def deployment_options(self, **extra: Any) -> dict[str, Any]:
+        """Keyword arguments of `@serve.deployment` (plus `extra`, e.g. a `user_config`)."""
+        return {"num_replicas": self.num_replicas, "max_ongoing_requests": self.max_ongoing_requests,
+                "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}, **extra}
+
+
+# Logical CPUs sum to 1.6, so the whole app fits a 2-core laptop with room for the proxy and controller.
+INGRESS_REPLICA = ReplicaDefaults(num_cpus=0.25, max_ongoing_requests=128)
+GENERATOR_REPLICA = ReplicaDefaults(num_cpus=0.25, max_ongoing_requests=32)
+# One replica, not autoscaled, on a laptop: a second 1-CPU replica would only split the same cores;
+# batching is the lever there. max_ongoing_requests must be >= PoolBatching.max_batch_size.
+PINN_POOL_REPLICA = ReplicaDefaults(num_cpus=1.0, max_ongoing_requests=64)
+# One replica: with the SQLite backend the store owns its file.
+JOB_STORE_REPLICA = ReplicaDefaults(num_cpus=0.1, max_ongoing_requests=256)
+# Deployment name (in the serve configs) -> its defaults.
+REPLICA_DEFAULTS = {"Ingress": INGRESS_REPLICA, "SyntheticGenerator": GENERATOR_REPLICA,
+                    "PINNPredictor": PINN_POOL_REPLICA, "JobStore": JOB_STORE_REPLICA}
+
+
+class PoolBatching(_Settings):
+    """`user_config` of the PINN pool (PINNPredictor); applied live by `reconfigure`."""
+
+    max_batch_size: int = Field(16, ge=1, description="most maps in one PINN batch (<= max_ongoing_requests)")
+    max_refine_batch_size: int = Field(4, ge=1, description="most refine=true maps in one (separate) batch")
+    # No wait on a CPU: the ingress already sends the maps of concurrent requests together, and under load
+    # the next batch fills while one computes; a wait would only add latency (bench/http_load.py).
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="how long a partial batch waits for more maps")
+    max_mc_work: int = Field(4096, ge=1, description="maps x MC samples evaluated in one vectorised chunk")
+    torch_threads: int | None = Field(1, ge=1, description="torch intra-op threads; null: Ray's OMP_NUM_THREADS")
+
+
+class BatchJobSettings(_Settings):
+    """Background processing of /api/v1/batch jobs."""
 
     max_items: int = Field(1000, ge=1, description="most items one batch may hold")
     concurrency: int = Field(8, ge=1, description="items in flight per ingress replica (they batch in the PINN pool)")
     lease_ttl_s: float = Field(15.0, gt=0, description="a runner that stops renewing for this long loses its batches")
     max_attempts: int = Field(3, ge=1, description="claims of one batch before it is marked failed")
-    item_retries: int = Field(2, ge=0, description="retries of an item after a transient (non-input) error")
+    item_retries: int = Field(2, ge=0, description="retries of an item after an internal (non-input) error")
 
 
-class PoolCallSettings(BaseModel):
-    """How an ingress replica groups the maps of concurrent requests into calls to the PINN pool (`pool.py`)."""
-
-    model_config = ConfigDict(extra="forbid")
+class PoolCallSettings(_Settings):
+    """How an ingress replica groups the maps of concurrent requests into calls to the PINN pool."""
 
     max_group: int = Field(32, ge=1, description="most maps in one call to the pool")
     calls_in_flight: int = Field(
@@ -37,36 +83,30 @@ class PoolCallSettings(BaseModel):
         "max_replicas x target_ongoing_requests, so maps are grouped only past that load")
 
 
-class PredictorSettings(BaseModel):
+class PredictorSettings(_Settings):
     """How the PINN replicas load the model (changing it restarts them)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     device: str = Field("auto", description="'auto' (cuda if torch sees one, else cpu), 'cpu' or 'cuda'")
     weights: str | None = Field(None, description="safetensors file; default: the weights shipped in the package")
     card: str | None = Field(None, description="model card JSON matching `weights`")
 
     @model_validator(mode="after")
-    def _weights_with_card(self) -> "PredictorSettings":
+    def _weights_with_card(self) -> PredictorSettings:
         if (self.weights is None) != (self.card is None):
             raise ValueError("weights and card must be given together")
         return self
 
 
-class RateLimitSettings(BaseModel):
+class RateLimitSettings(_Settings):
     """A token bucket per API key (per client address when keys are off), in each ingress replica."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    requests_per_s: float = Field(0.0, ge=0, description="sustained rate per key or client; 0 turns limiting off")
-    burst: int = Field(100, ge=1, description="bucket size: requests allowed at once after an idle period")
+    requests_per_s: float = Field(500.0, ge=0, description="sustained rate per key or client; 0 turns limiting off")
+    burst: int = Field(1000, ge=1, description="bucket size: requests allowed at once after an idle period")
     max_clients: int = Field(10000, ge=1, description="buckets kept per replica; idle full ones are dropped first")
 
 
-class SecuritySettings(BaseModel):
+class SecuritySettings(_Settings):
     """API keys, rate limits, CORS and input-size limits (README "Security")."""
-
-    model_config = ConfigDict(extra="forbid")
 
     require_api_keys: bool = Field(False, description="refuse to start without at least one API key")
     api_keys_env: str | None = Field(None, description="environment variable holding keys, comma-separated")
@@ -76,7 +116,7 @@ class SecuritySettings(BaseModel):
     max_map_side: int = Field(512, ge=16, le=512, description="largest map side (pixels) /inference and /batch accept")
 
     @model_validator(mode="after")
-    def _keys_have_a_source(self) -> "SecuritySettings":
+    def _keys_have_a_source(self) -> SecuritySettings:
         if self.require_api_keys and not (self.api_keys_env or self.api_keys_file):
             raise ValueError("require_api_keys needs api_keys_env or api_keys_file")
         if "*" in self.cors_origins and len(self.cors_origins) > 1:
@@ -84,10 +124,8 @@ class SecuritySettings(BaseModel):
         return self
 
 
-class AppSettings(BaseModel):
+class AppSettings(_Settings):
     """Arguments of `build_app` (the `args` of the application in the serve config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     store_path: str = Field("~/.cache/lensing-serve/store.sqlite", description="SQLite file of the job store")
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="larger request bodies get 413")

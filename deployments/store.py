@@ -1,4 +1,4 @@
-"""The job store: jobs, batches and request counters in one SQLite file (DESIGN.md section 6).
+"""The job store: jobs, batches and request counters in one SQLite file (docs/design.md section 10).
 
 `JobDatabase` is plain Python (usable and testable without Ray); `JobStore` runs it as a one-replica
 Serve deployment, so every ingress replica sees the same jobs and a restarted ingress finds them again.
@@ -10,7 +10,9 @@ two store replicas on one file would not hand the same batch to two runners.
 Batches are leased: the runner that owns a batch renews `lease_until`; a batch whose lease expired
 (its ingress replica died) is claimed by the next sweep of any runner and resumed from its unfinished
 items, or marked failed after `max_attempts` claims. Items are jobs (kind "batch_item") whose input
-(a synthetic spec with its seed, or an .npy map) is stored before the batch is acknowledged.
+(a synthetic spec with its seed, or an .npy map) is stored before the batch is acknowledged; they come
+and go as typed `BatchItem`s. Lease times read an injected clock (`time.time` by default), so tests
+can move time instead of sleeping past a TTL.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ray import serve
+
+from .batch_items import BatchItem, BatchOptions
+from .settings import JOB_STORE_REPLICA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -66,12 +71,11 @@ CREATE TABLE IF NOT EXISTS request_counts (
 """
 
 ACTIVE = ("queued", "running")
-FINISHED = ("completed", "failed")
 
 
 def iso(timestamp: float) -> str:
     """UTC ISO-8601 with a Z suffix."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def now_iso() -> str:
@@ -85,7 +89,8 @@ def _loads(text: str | None) -> Any:
 class JobDatabase:
     """Jobs, batches and request counters in a SQLite file at `path` (created with its folders)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -113,7 +118,7 @@ class JobDatabase:
 
     def record_jobs(self, jobs: Sequence[tuple[str, str, dict, dict | None]]) -> None:
         """Store finished synchronous jobs (job_id, kind, request, result) in one transaction."""
-        now = time.time()
+        now = self.clock()
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO jobs (job_id, kind, status, created, updated, request, result)"
@@ -144,25 +149,26 @@ class JobDatabase:
 
     # --- batches ---------------------------------------------------------------------------------
 
-    def create_batch(self, batch_id: str, items: Sequence[dict], options: dict, owner: str, ttl: float) -> None:
-        """Persist a batch and its items (dicts: job_id, source, request, input), leased to `owner`."""
-        now = time.time()
+    def create_batch(self, batch_id: str, items: Sequence[BatchItem], options: BatchOptions, owner: str,
+                     ttl: float) -> None:
+        """Persist a batch and its items, leased to `owner`."""
+        now = self.clock()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO batches (batch_id, status, total, created, updated, owner, lease_until, attempts, options)"
                 " VALUES (?, 'queued', ?, ?, ?, ?, ?, 1, ?)",
-                (batch_id, len(items), now, now, owner, now + ttl, json.dumps(options)),
+                (batch_id, len(items), now, now, owner, now + ttl, json.dumps(options.to_stored())),
             )
             db.executemany(
-                "INSERT INTO jobs (job_id, kind, status, batch_id, batch_index, source, created, updated, request, input)"
-                " VALUES (?, 'batch_item', 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                [(item["job_id"], batch_id, index, item["source"], now, now, json.dumps(item["request"]),
-                  item.get("input")) for index, item in enumerate(items)],
+                "INSERT INTO jobs (job_id, kind, status, batch_id, batch_index, source, created, updated, request,"
+                " input) VALUES (?, 'batch_item', 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                [(item.job_id, batch_id, item.index, item.source, now, now, json.dumps(item.request_json()),
+                  item.input) for item in items],
             )
 
     def claim_orphans(self, owner: str, ttl: float, max_attempts: int) -> list[str]:
         """Lease unfinished batches whose lease expired to `owner`; fail those claimed too often."""
-        now = time.time()
+        now = self.clock()
         claimed = []
         with self._transaction() as db:
             rows = db.execute(
@@ -182,7 +188,7 @@ class JobDatabase:
         """Extend the leases `owner` still holds; returns those batch ids."""
         if not batch_ids:
             return []
-        now = time.time()
+        now = self.clock()
         marks = ",".join("?" * len(batch_ids))
         with self._transaction() as db:
             db.execute(f"UPDATE batches SET lease_until = ? WHERE owner = ? AND status IN ('queued', 'running')"
@@ -197,22 +203,24 @@ class JobDatabase:
             db.execute("UPDATE batches SET lease_until = 0, attempts = MAX(attempts - 1, 0) WHERE owner = ?"
                        " AND status IN ('queued', 'running')", (owner,))
 
-    def pending_items(self, batch_id: str) -> tuple[dict, list[dict]]:
-        """(batch options, unfinished items in order: job_id, index, source, request, input)."""
+    def pending_items(self, batch_id: str) -> tuple[BatchOptions, list[BatchItem]]:
+        """(batch options, its unfinished items in order); marks a queued batch running."""
         with self._transaction() as db:
             db.execute("UPDATE batches SET status = 'running', updated = ? WHERE batch_id = ? AND status = 'queued'",
-                       (time.time(), batch_id))
+                       (self.clock(), batch_id))
             options = db.execute("SELECT options FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
             rows = db.execute(
                 "SELECT job_id, batch_index, source, request, input FROM jobs WHERE batch_id = ?"
                 " AND status IN ('queued', 'running') ORDER BY batch_index", (batch_id,)).fetchall()
-        items = [{"job_id": j, "index": i, "source": s, "request": json.loads(r), "input": b} for j, i, s, r, b in rows]
-        return (json.loads(options[0]) if options else {}), items
+        if options is None:
+            raise KeyError(f"no batch {batch_id!r}")
+        items = [BatchItem.from_stored(j, i, s, json.loads(r), b) for j, i, s, r, b in rows]
+        return BatchOptions.from_stored(json.loads(options[0])), items
 
     def start_item(self, job_id: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE jobs SET status = 'running', updated = ? WHERE job_id = ? AND status = 'queued'",
-                       (time.time(), job_id))
+                       (self.clock(), job_id))
 
     def finish_item(self, job_id: str, result: dict | None = None, error: str | None = None) -> None:
         """Record an item's result (or error) once; its stored input is dropped."""
@@ -221,11 +229,11 @@ class JobDatabase:
             db.execute(
                 "UPDATE jobs SET status = ?, result = ?, error = ?, input = NULL, updated = ?"
                 " WHERE job_id = ? AND status IN ('queued', 'running')",
-                (status, json.dumps(result) if result is not None else None, error, time.time(), job_id))
+                (status, json.dumps(result) if result is not None else None, error, self.clock(), job_id))
 
     def finalize_batch(self, batch_id: str) -> str:
         """Close a batch whose items are all finished: 'failed' if every item failed, else 'completed'."""
-        now = time.time()
+        now = self.clock()
         with self._transaction() as db:
             counts = dict(db.execute("SELECT status, COUNT(*) FROM jobs WHERE batch_id = ? GROUP BY status",
                                      (batch_id,)).fetchall())
@@ -237,10 +245,6 @@ class JobDatabase:
             db.execute("UPDATE batches SET status = ?, error = ?, owner = NULL, updated = ? WHERE batch_id = ?"
                        " AND status IN ('queued', 'running')", (status, error, now, batch_id))
         return status
-
-    def fail_batch(self, batch_id: str, reason: str) -> None:
-        with self._transaction() as db:
-            self._fail_batch(db, batch_id, reason, time.time())
 
     @staticmethod
     def _fail_batch(db: sqlite3.Connection, batch_id: str, reason: str, now: float) -> None:
@@ -295,6 +299,7 @@ class JobDatabase:
         }
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(**JOB_STORE_REPLICA.deployment_options(logging_config={"enable_access_log": False}))
 class JobStore(JobDatabase):
-    """The store as one Serve replica; place it where `store_path` is on persistent disk."""
+    """The store as one Serve replica; place it where `store_path` is on persistent disk. No access log:
+    batch runners call it every few seconds."""

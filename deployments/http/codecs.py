@@ -93,8 +93,8 @@ def check_map(kappa, loc: Sequence[str | int] = ("convergence_map",),
             if not isinstance(row, list):
                 raise InvalidInput(loc, f"{name}[{index}] must be a row (a list of numbers)")
             if len(row) != n:
-                problem = "ragged: its rows have different lengths" if any(
-                    isinstance(r, list) and len(r) != len(row) for r in kappa) else f"not square: {n} rows of {len(row)}"
+                ragged = any(isinstance(r, list) and len(r) != len(row) for r in kappa)
+                problem = "ragged: its rows have different lengths" if ragged else f"not square: {n} rows of {len(row)}"
                 raise InvalidInput(loc, f"{name} is {problem}")
         if (reason := check_side((n, n), name, max_side)) is not None:
             raise InvalidInput(loc, reason)
@@ -142,8 +142,9 @@ def map_from_body(content_type: str, body: bytes,
     if shape is not None and (reason := check_side(shape, "body", max_side)) is not None:
         raise InvalidInput((), reason)
     try:
+        cards: dict = {}
         if content_type == NPY:
-            kappa, cards = from_npy_bytes(body), {}
+            kappa = from_npy_bytes(body)
         else:
             kappa, cards = from_fits_bytes(body)
     except ValueError as exc:

@@ -16,8 +16,20 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.limits import (
-    DEFAULT_MC_SAMPLES, ELLIPTICITY, FOV, GRID_SIZES, MAP_SIDE, MASS, MAX_ABS_KAPPA, MAX_SEED, MC_SAMPLES, NOISE_SIGMA,
-    POSITION_ANGLE, SCALE_RADIUS, Z_LENS, Z_SOURCE,
+    DEFAULT_MC_SAMPLES,
+    ELLIPTICITY,
+    FOV,
+    GRID_SIZES,
+    MAP_SIDE,
+    MASS,
+    MAX_ABS_KAPPA,
+    MAX_SEED,
+    MC_SAMPLES,
+    NOISE_SIGMA,
+    POSITION_ANGLE,
+    SCALE_RADIUS,
+    Z_LENS,
+    Z_SOURCE,
 )
 from lensing.profiles import PROFILE_TYPES
 from lensing.scenarios import SCENARIOS
@@ -54,9 +66,10 @@ class _Model(BaseModel):
 class Geometry(_Model):
     """Geometry of a map: field of view and redshifts (docs/design.md section 3 defaults)."""
 
-    fov_kpc: float = Field(DEFAULT_FOV_KPC, **FOV.bounds(), description="side of the square map, physical kpc")
-    z_lens: float = Field(DEFAULT_Z_LENS, **Z_LENS.bounds(), description="lens redshift")
-    z_source: float = Field(DEFAULT_Z_SOURCE, **Z_SOURCE.bounds(), description="source redshift, behind the lens")
+    fov_kpc: float = Field(DEFAULT_FOV_KPC, ge=FOV.low, le=FOV.high, description="side of the square map, physical kpc")
+    z_lens: float = Field(DEFAULT_Z_LENS, ge=Z_LENS.low, le=Z_LENS.high, description="lens redshift")
+    z_source: float = Field(DEFAULT_Z_SOURCE, gt=Z_SOURCE.low, le=Z_SOURCE.high,
+                            description="source redshift, behind the lens")
 
     @field_validator("z_source")
     @classmethod
@@ -80,16 +93,20 @@ class SyntheticRequest(Geometry):
 
     profile_type: ProfileType = "NFW"
     mass: float = Field(
-        2e12, **MASS.bounds(), validation_alias=AliasChoices("mass", "M_vir"),
+        2e12, ge=MASS.low, le=MASS.high, validation_alias=AliasChoices("mass", "M_vir"),
         description="virial mass M_200c in Msun (alias M_vir)",
     )
-    scale_radius: float = Field(200.0, **SCALE_RADIUS.bounds(), description="NFW scale radius r_s, physical kpc")
-    ellipticity: float = Field(0.0, **ELLIPTICITY.bounds(), description="(1-q)/(1+q), q = minor/major axis ratio")
-    position_angle: float = Field(0.0, **POSITION_ANGLE.bounds(), description="degrees, counter-clockwise from +x")
+    scale_radius: float = Field(200.0, ge=SCALE_RADIUS.low, le=SCALE_RADIUS.high,
+                                description="NFW scale radius r_s, physical kpc")
+    ellipticity: float = Field(0.0, ge=ELLIPTICITY.low, le=ELLIPTICITY.high,
+                               description="(1-q)/(1+q), q = minor/major axis ratio")
+    position_angle: float = Field(0.0, ge=POSITION_ANGLE.low, le=POSITION_ANGLE.high,
+                                  description="degrees, counter-clockwise from +x")
     grid_size: GridSize = 64
     scenario: Scenario | None = Field(None, description="dark-matter substructure; null: smooth host")
     seed: Seed | None = Field(None, description="seed of scenario and noise; drawn and reported when null")
-    noise_sigma: float = Field(0.0, **NOISE_SIGMA.bounds(), description="Gaussian noise added to kappa (per-pixel std)")
+    noise_sigma: float = Field(0.0, ge=NOISE_SIGMA.low, le=NOISE_SIGMA.high,
+                               description="Gaussian noise added to kappa (per-pixel std)")
     arcsec: bool = Field(False, description="also return the coordinates in arcsec")
 
     @field_validator("ellipticity")
@@ -121,9 +138,9 @@ class SyntheticResponse(BaseModel):
 class InferenceOptions(Geometry):
     """Inference settings; query parameters for npy/FITS bodies, fields of the JSON body otherwise."""
 
-    target_size: Integer = Field(64, **MAP_SIDE.bounds(),
+    target_size: Integer = Field(64, ge=MAP_SIDE.low, le=MAP_SIDE.high,
                              description="network input size; must equal the model's input_size (GET /api/v1/models)")
-    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, **MC_SAMPLES.bounds(),
+    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES.low, le=MC_SAMPLES.high,
                                 description="MC Dropout samples; 1 = deterministic point estimate")
     seed: Seed | None = Field(None, description="dropout seed; drawn and reported when null")
     refine: bool = Field(False, description="refine the estimate with the physics renderer")
@@ -182,7 +199,7 @@ class BatchRequest(_Model):
     job_ids: list[str] = []
     synthetic: list[SyntheticRequest] = []
     maps: list[BatchMap] = []
-    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, **MC_SAMPLES.bounds())
+    mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES.low, le=MC_SAMPLES.high)
     seed: Seed | None = Field(None, description="base seed; item k uses seed + k")
     refine: bool = False
 

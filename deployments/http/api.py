@@ -1,7 +1,8 @@
-"""The v1 HTTP API (DESIGN.md section 6): routes, content negotiation and the OpenAPI document.
+"""The v1 HTTP API (docs/design.md section 6): routes, content negotiation and the OpenAPI document.
 
-`create_app(service, settings)` builds a FastAPI app per ingress replica around `service` (the
-`Ingress` deployment), which does the work. Maps are read as JSON, npy or FITS by Content-Type and
+`create_app(service, settings)` builds a FastAPI app per ingress replica around `service`, anything with
+the narrow `Service` interface below (the `Ingress` deployment), which does the work; the routes only
+parse, negotiate formats and shape responses. Maps are read as JSON, npy or FITS by Content-Type and
 written as JSON, npy, FITS or PNG by Accept. /inference parses its body itself (one route, three body
 formats), so its request body is described to OpenAPI by hand; the other routes use FastAPI models.
 """
@@ -9,7 +10,7 @@ formats), so its request body is described to OpenAPI by hand; the other routes 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Path, Query, Request
@@ -18,20 +19,59 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from ..settings import AppSettings
+from ..store import now_iso
 from . import middleware
 from .codecs import (
-    BODY_FORMATS, FITS, JSON, MAP_FORMATS, NPY, PNG, check_map, json_response, map_from_body, media_type, negotiate,
+    BODY_FORMATS,
+    FITS,
+    JSON,
+    MAP_FORMATS,
+    NPY,
+    PNG,
+    check_map,
+    json_response,
+    map_from_body,
+    media_type,
+    negotiate,
 )
 from .errors import InvalidInput, from_validation_error, install_handlers, unprocessable
 from .schemas import (
-    API_VERSION, BatchRequest, BatchStatus, BatchSubmitted, Error, Health, InferenceOptions, InferenceRequest,
-    InferenceResponse, JobRecord, ModelInfo, Models, Root, Stats, SyntheticRequest, SyntheticResponse,
+    API_VERSION,
+    BatchRequest,
+    BatchStatus,
+    BatchSubmitted,
+    Error,
+    Health,
+    InferenceOptions,
+    InferenceRequest,
+    InferenceResponse,
+    JobRecord,
+    ModelInfo,
+    Models,
+    Root,
+    Stats,
+    SyntheticRequest,
+    SyntheticResponse,
 )
-from .settings import AppSettings
-from .store import now_iso
 
 if TYPE_CHECKING:
-    from .ingress import Ingress
+    from ..generator import GeneratedMap
+
+
+class Service(Protocol):
+    """What the routes need from the replica that serves them (`deployments.ingress.Ingress`)."""
+
+    async def startup(self) -> None: ...
+    async def shutdown(self) -> None: ...
+    def record(self, endpoint: str, method: str, status: int, latency_ms: float) -> None: ...
+    async def model_info(self) -> dict | None: ...
+    async def stats(self) -> dict: ...
+    async def synthesize(self, spec: SyntheticRequest, fmt: str) -> tuple[str, GeneratedMap]: ...
+    async def infer(self, kappa: np.ndarray, options: InferenceOptions) -> dict: ...
+    async def submit_batch(self, spec: BatchRequest) -> dict: ...
+    async def batch_status(self, batch_id: str) -> dict: ...
+    async def job(self, job_id: str) -> dict: ...
 
 DESCRIPTION = (
     "Gravitational lensing by dark-matter halos: synthetic convergence maps (NFW, elliptical NFW, "
@@ -39,9 +79,11 @@ DESCRIPTION = (
     "scenario with calibrated MC Dropout uncertainties. Maps travel as JSON, .npy or FITS."
 )
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-ERRORS = {404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
-MAP_RESPONSES = {
-    200: {"content": {NPY: BINARY, FITS: BINARY, PNG: BINARY}, "description": "the map (JSON, npy, FITS or PNG by Accept)"},
+Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses` argument
+ERRORS: Responses = {404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+MAP_RESPONSES: Responses = {
+    200: {"content": {NPY: BINARY, FITS: BINARY, PNG: BINARY},
+          "description": "the map (JSON, npy, FITS or PNG by Accept)"},
     406: {"model": Error}, **ERRORS,
 }
 INFERENCE_BODY = {
@@ -87,7 +129,7 @@ def _error_loc(is_json: bool, loc: tuple) -> list:
     return ["body"] if loc in ((), ("convergence_map",)) else ["query", *loc]
 
 
-def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
+def create_app(service: Service, settings: AppSettings) -> FastAPI:
     """The FastAPI app of one ingress replica."""
 
     @asynccontextmanager
@@ -122,7 +164,7 @@ def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
 
     @app.get("/api/v1/stats", response_model=Stats)
     async def stats() -> dict:
-        counts = await service.store.stats.remote()
+        counts = await service.stats()
         model = await service.model_info()
         return counts | {"model_loaded": model is not None, "gpu_available": bool(model and model["device"] == "cuda"),
                          "timestamp": now_iso()}

@@ -1,23 +1,27 @@
 """Error responses: 422 naming the field, 413, 404, 406/415, 503, and a bare 500 (never a stack trace:
 a generic message and the request id, with the exception logged under that id).
 
-Every 422 has FastAPI's shape, `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`, whether pydantic
-or our own shape checks found the problem; the offending input is never echoed back (a map can be
-megabytes). Bad input must never surface as a 500: everything a client controls is checked before it
-reaches a deployment, and the handlers below map what remains.
+Every 422 has FastAPI's shape, `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`, whether pydantic,
+our own shape checks or the physics core found the problem; the offending input is never echoed back (a
+map can be megabytes). The core raises `lensing.limits.InputError`, which names the field in the
+library's spelling; `invalid_input` turns it into an `InvalidInput` at the API's name for that field
+(`API_NAMES`, the one table of names that differ). Every other exception is an internal fault: a 500.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+
+from lensing.limits import InputError
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,6 +34,21 @@ class InvalidInput(ValueError):
     def __init__(self, loc: Sequence[str | int], message: str) -> None:
         super().__init__(message)
         self.loc = tuple(loc)
+
+
+# Library field names (InputError.field) that the API spells differently; all others are the same.
+API_NAMES = {"M_vir": "mass"}
+
+
+def invalid_input(exc: InputError, prefix: Sequence[str | int] = (), fields: Collection[str] = ()) -> InvalidInput:
+    """The 422 of a library InputError: at `prefix` + the field's API name when the request has that field
+    (`fields`), else at `prefix` itself (a field the client did not send, e.g. a FITS card of the body)."""
+    name = API_NAMES.get(exc.field, exc.field)
+    return InvalidInput((*prefix, name) if name in fields else tuple(prefix), str(exc))
+
+
+class InternalFailure(RuntimeError):
+    """A fault of ours in a deployment (reported to the client as a 500 with the request id)."""
 
 
 class UnknownId(LookupError):
@@ -47,12 +66,12 @@ class BodyTooLarge(Exception):
         super().__init__(f"request body larger than {limit} bytes")
 
 
-def validation_errors(errors: Iterable[dict], prefix: Sequence[str | int] = ()) -> list[dict]:
+def validation_errors(errors: Iterable[Any], prefix: Sequence[str | int] = ()) -> list[dict]:
     """pydantic/FastAPI error dicts reduced to loc, msg and type (no input, context or URL), at most
     MAX_ERRORS of them: a map full of NaN would otherwise yield one error per pixel."""
     errors = list(errors)
-    reduced = [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", "invalid"), "type": e.get("type", "value_error")}
-               for e in errors[:MAX_ERRORS]]
+    reduced = [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", "invalid"),
+                "type": e.get("type", "value_error")} for e in errors[:MAX_ERRORS]]
     if len(errors) > MAX_ERRORS:
         reduced.append({"loc": list(prefix), "msg": f"and {len(errors) - MAX_ERRORS} more errors", "type": "truncated"})
     return reduced
@@ -100,7 +119,8 @@ def install_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
             # FastAPI answers 400 for a JSON body that is not UTF-8 (a UnicodeDecodeError); like any other
             # JSON it cannot parse, that is a 422 at the body here
-            return unprocessable([{"loc": ["body"], "msg": "the body must be JSON text in UTF-8", "type": "json_invalid"}])
+            return unprocessable([{"loc": ["body"], "msg": "the body must be JSON text in UTF-8",
+                                   "type": "json_invalid"}])
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
     async def internal(_: Request, exc: Exception) -> Response:
@@ -109,10 +129,9 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal server error", "request_id": request_id}, 500,
                             headers={"X-Request-Id": request_id})
 
-    app.add_exception_handler(RequestValidationError, request_validation)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(UnknownId, unknown_id)
-    app.add_exception_handler(BodyTooLarge, too_large)
-    app.add_exception_handler(Unavailable, unavailable)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, internal)
+    handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]] = {
+        RequestValidationError: request_validation, InvalidInput: invalid_input, UnknownId: unknown_id,
+        BodyTooLarge: too_large, Unavailable: unavailable, HTTPException: http_error, Exception: internal,
+    }
+    for exception_type, handler in handlers.items():
+        app.add_exception_handler(exception_type, handler)

@@ -15,8 +15,8 @@ a client gets at most N times the limit. Every path counts: open paths and reque
 wrong key against the client address, so key guessing is limited too.
 A refused request gets 429 with `Retry-After` (whole seconds).
 
-`python -m deployments.security new-key` prints a fresh key and the `sha256:` line for a key file;
-`python -m deployments.security hash KEY` prints the line of an existing key.
+`python -m deployments.http.security new-key` prints a fresh key and the `sha256:` line for a key file;
+`python -m deployments.http.security hash KEY` prints the line of an existing key.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..settings import RateLimitSettings, SecuritySettings
 from .codecs import json_response
-from .settings import RateLimitSettings, SecuritySettings
 
 logger = logging.getLogger("ray.serve")
 
@@ -87,7 +87,9 @@ class KeyStore:
             sources = " or ".join(filter(None, (self.env and f"${self.env}", self.file)))
             raise RuntimeError(f"security.require_api_keys is set but {sources} holds no API key")
         if (self.env or self.file) and not self.digests:
-            logger.warning("API keys are configured but none was found: /api/v1 is OPEN")
+            sources = " and ".join(filter(None, (self.env and f"${self.env}", self.file and f"file {self.file}")))
+            logger.info("API keys off: %s holds no key, so /api/v1 answers without one (set a key there to "
+                        "require keys; security.require_api_keys makes a missing key fatal)", sources)
 
     @property
     def digests(self) -> list[bytes]:
@@ -241,7 +243,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["hash"] and len(argv) == 2:
         print(f"{HASH_PREFIX}{digest(argv[1]).hex()}")
         return 0
-    print("usage: python -m deployments.security new-key | hash KEY", file=sys.stderr)
+    print("usage: python -m deployments.http.security new-key | hash KEY", file=sys.stderr)
     return 2
 
 

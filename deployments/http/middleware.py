@@ -17,10 +17,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..settings import AppSettings
 from .codecs import json_response
 from .errors import BodyTooLarge
 from .security import AccessControl, KeyStore, RateLimiter, document
-from .settings import AppSettings
 
 Recorder = Callable[[str, str, int, float], None]  # endpoint, method, status, latency_ms
 
