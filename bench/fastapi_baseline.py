@@ -1,4 +1,4 @@
-"""Baselines (a) and (b) of bench/http.py: one single-process FastAPI service built the replaced system's way.
+"""Baselines (a) and (b) of bench/http_load.py: one single-process FastAPI service built the replaced system's way.
 
 Same endpoints, payloads and model as the Ray Serve app, JSON only, request models with nested lists,
 responses through FastAPI's default encoder. `BASELINE_MODE` picks the inference path:
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
-from typing import List
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -41,13 +40,13 @@ class SyntheticRequest(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    convergence_map: List[List[float]]
+    convergence_map: list[list[float]]
     target_size: int = 64
     mc_samples: int = 10
 
 
 def timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 @app.post("/api/v1/synthetic")

@@ -20,24 +20,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, Python puts bench/ first on sys.path, where a sibling module may shadow the standard
-# library (bench/http.py hides `http`); the repository root goes there instead, for `import lensing`.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
+import json
+import math
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from astropy.cosmology import FlatLambdaCDM  # noqa: E402
-from lenstronomy.Cosmo.lens_cosmo import LensCosmo  # noqa: E402
-from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402
+from astropy.cosmology import FlatLambdaCDM
+from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+from lenstronomy.LensModel.lens_model import LensModel
 
-from lensing import EllipticalNFW, HaloParameters, MapRequest, NFW, generate_map, lens_geometry  # noqa: E402
-from lensing.grid import pixel_grid  # noqa: E402
-from lensing.synthetic import generate_batch, sample_hosts  # noqa: E402
+from lensing import EllipticalNFW, HaloParameters, MapRequest, NFW, generate_map, lens_geometry
+from lensing.grid import pixel_grid
+from lensing.synthetic import generate_batch, sample_hosts
 
 GRID_SIZES = (64, 128, 512)
 FOV_KPC = 1000.0

@@ -16,37 +16,32 @@ The last line of output is one JSON object:
   inference_fraction_of_compute_floor serve npy inference req/s at concurrency 32 / (d) maps/s
   synthetic_p50_ms_c1                 serve JSON synthetic p50 at concurrency 1
   npy_over_json                       serve inference req/s at concurrency 32, npy / JSON
-Run from the repository root: python bench/http.py [--duration 4] [--weights DIR]
+Run from the repository root: python bench/http_load.py [--duration 4] [--weights DIR]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import io
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+import numpy as np
+import requests
+import torch
+import yaml
+
+from harness.ray_head import VENV_BIN, cluster_env, free_port, local_ray_cluster, stop_process
+from lensing.predictor import Predictor
+from lensing.synthetic import MapRequest, generate_map
+
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder heads sys.path, and this file is named http.py: drop the folder so
-# `import http` (aiohttp, requests) finds the standard library, and put the repository root in its place.
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from lensing.predictor import Predictor  # noqa: E402
-from lensing.synthetic import MapRequest, generate_map  # noqa: E402
-from tests.ray_cluster import VENV_BIN, cluster_env, free_port, local_ray_cluster, stop_process  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 MC_SAMPLES = 10
@@ -138,7 +133,8 @@ def wait_for(url: str, timeout: float, process: subprocess.Popen | None = None) 
 def fastapi_baseline(mode: str, duration: float, weights: str | None, results: dict) -> None:
     """Start (a) or (b) under uvicorn (one worker), load it, stop it by pid."""
     port = free_port()
-    env = cluster_env() | {"BASELINE_MODE": mode, "PYTHONPATH": str(REPO)} | ({"BASELINE_WEIGHTS": weights} if weights else {})
+    env = cluster_env() | {"BASELINE_MODE": mode, "PYTHONPATH": str(REPO)}
+    env |= {"BASELINE_WEIGHTS": weights} if weights else {}
     command = [str(VENV_BIN / "python"), "-m", "uvicorn", "bench.fastapi_baseline:app", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
@@ -196,7 +192,8 @@ def serve_app(duration: float, weights: str | None, results: dict) -> None:
             results.setdefault("noop", {}).setdefault("noop", {})[str(concurrency)] = stats
             print(f"noop      {'noop':15s} c={concurrency:<3d} {stats['rps']:8.1f} req/s  p50 {stats['p50_ms']:8.2f} ms"
                   f"  p99 {stats['p99_ms']:8.2f} ms  errors {stats['errors']}", flush=True)
-        measure("serve", base, ["synthetic_json", "synthetic_npy", "inference_json", "inference_npy"], duration, results)
+        workloads = ["synthetic_json", "synthetic_npy", "inference_json", "inference_npy"]
+        measure("serve", base, workloads, duration, results)
 
 
 def main() -> None:
@@ -217,7 +214,8 @@ def main() -> None:
     print(json.dumps(results))
     print(json.dumps({
         "inference_vs_original_design": round(rps("serve", "inference_json") / rps("original", "inference_json"), 2),
-        "inference_vs_fastapi_same_predictor": round(rps("serve", "inference_json") / rps("fastapi", "inference_json"), 2),
+        "inference_vs_fastapi_same_predictor":
+            round(rps("serve", "inference_json") / rps("fastapi", "inference_json"), 2),
         "inference_fraction_of_compute_floor": round(rps("serve", "inference_npy") / floor, 2),
         "synthetic_p50_ms_c1": results["serve"]["synthetic_json"]["1"]["p50_ms"],
         "npy_over_json": round(rps("serve", "inference_npy") / rps("serve", "inference_json"), 2),

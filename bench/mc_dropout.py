@@ -16,18 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-# Run as a script, Python puts bench/ first on sys.path, where bench/http.py would hide the standard
-# library's `http`; the repository root goes there instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from lensing import MapRequest, generate_map  # noqa: E402
-from lensing.pinn.preprocess import prepare_input  # noqa: E402
-from lensing.predictor import Predictor  # noqa: E402
+from lensing import MapRequest, generate_map
+from lensing.pinn.preprocess import prepare_input
+from lensing.predictor import Predictor
 
 REPEATS = 7
 MATMUL_SIZE = 2048

@@ -1,4 +1,4 @@
-"""Baseline (c) of bench/http.py: the Ray Serve floor, an HTTP ingress that does nothing.
+"""Baseline (c) of bench/http_load.py: the Ray Serve floor, an HTTP ingress that does nothing.
 
 A FastAPI route in a Serve replica, same proxy and settings as the app: what any Serve endpoint costs.
 """

@@ -17,33 +17,28 @@ Run from the repository root: python bench/soak.py [--requests 20000] [--concurr
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import subprocess
+import tempfile
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
+import numpy as np
+import requests
+import yaml
+
+from harness.ray_head import VENV_BIN, free_port, local_ray_cluster
+from lensing.synthetic import MapRequest, generate_map
+
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder heads sys.path, and bench/http.py would shadow the standard
-# library's `http`: drop the folder and put the repository root in its place.
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-
-import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-import yaml  # noqa: E402
-
-from lensing.synthetic import MapRequest, generate_map  # noqa: E402
-from tests.ray_cluster import VENV_BIN, free_port, local_ray_cluster  # noqa: E402
 
 API_KEY = "soak-test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -119,7 +114,7 @@ class Soak:
                         self.batch_ids.append(json.loads(body)["batch_id"])
                 if not self.ok(name, status):
                     self.errors[name].append(f"{status} {body[:200]!r}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 self.errors[name].append(type(exc).__name__)
             self.latency[name].append(1e3 * (time.perf_counter() - started))
             self.done += 1
@@ -189,7 +184,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # the private head runs without token auth (tests/ray_cluster.py)
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the private head runs without token auth (harness/ray_head.py)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="lssoak-") as workdir, \
             local_ray_cluster(num_cpus=2, extra_env={"PYTHONPATH": str(REPO)}) as cluster:

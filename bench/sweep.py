@@ -23,19 +23,17 @@ The last line is one JSON object with `speedup_vs_single_process` (Ray job maps/
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[0] = str(REPO)  # the repo root instead of bench/, whose modules must not shadow standard ones
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 STAGES = ("generate", "infer", "write")
 PIPELINE = "pipeline (generate, infer, write)"  # the phase both runs share
@@ -126,7 +124,7 @@ def ray_job(config_path: Path, output: Path, cpus: int, n_maps: int) -> dict:
     """Submit the sweep to a running private head with `cpus` CPUs and time it to SUCCEEDED."""
     from ray.job_submission import JobSubmissionClient
 
-    from tests.ray_cluster import local_ray_cluster
+    from harness.ray_head import local_ray_cluster
 
     with local_ray_cluster(num_cpus=cpus) as cluster:
         os.environ["RAY_AUTH_MODE"] = "disabled"

@@ -18,7 +18,8 @@ DRIVER_STARTED = time.time()  # before the heavy imports: the job timeline start
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from .sweep_config import ConfigError, SweepConfig, load_config  # noqa: E402
 from .sweep_store import StoreError, SweepStore  # noqa: E402
@@ -74,8 +75,9 @@ class Progress:
         return {stage: round(sum(r[stage] for r in self.rows.values()), 3) for stage in ("generate", "infer", "write")}
 
 
-def run(config: SweepConfig, target: str) -> int:
-    """Run or resume one sweep into `target`; returns the process exit status."""
+def run(config: SweepConfig, target: str, pause_file: str | None = None) -> int:
+    """Run or resume one sweep into `target`; returns the process exit status. While `pause_file` exists,
+    no new shard starts (the ones under way finish): an operator can pause a sweep and resume it."""
     from .sweep_ray import WorkerPool
 
     started = time.perf_counter()
@@ -105,7 +107,7 @@ def run(config: SweepConfig, target: str) -> int:
             f"{store.target}; {len(done)} already done, {len(pending)} to run (workers: {worker['device']}, "
             f"{worker['threads']} torch thread(s), imports and model load {worker['load_s']:.1f}s)")
         progress = Progress(config, pending)
-        pool.run(pending, progress)
+        pool.run(pending, progress, paused=(lambda: Path(pause_file).exists()) if pause_file else lambda: False)
     finally:
         pool.shutdown()
     timeline["pipeline_finished"] = time.time()
@@ -145,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="sweep config YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--output", required=True, help="output directory or URI (file://, s3://, ...)")
+    parser.add_argument("--pause-file", metavar="PATH", help="while this file exists, start no new shard")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        return run(config, args.output)
+        return run(config, args.output, args.pause_file)
     except (ConfigError, StoreError) as error:
         print(f"[sweep] ERROR: {error}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

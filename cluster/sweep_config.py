@@ -21,8 +21,9 @@ from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, lens_geometry
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.limits import ELLIPTICITY, FOV, GRID_SIZES, MASS, MC_SAMPLES, NOISE_SIGMA, SCALE_RADIUS
 
-SMOOTH = "none"  # scenario label of a smooth host (no substructure)
-SCENARIO_LABELS = (SMOOTH, "CDM", "WDM", "SIDM")
+SMOOTH: Literal["none"] = "none"  # scenario label of a smooth host (no substructure)
+ScenarioLabel = Literal["none", "CDM", "WDM", "SIDM"]
+SCENARIO_LABELS: tuple[ScenarioLabel, ...] = (SMOOTH, "CDM", "WDM", "SIDM")
 STAGES = ("generate", "infer", "write")  # the per-shard stage times a sweep reports
 
 
@@ -45,7 +46,7 @@ class Box(_Strict):
     ellipticity: Range = ELLIPTICITY.endpoints
 
     @model_validator(mode="after")
-    def _inside_api_box(self) -> "Box":
+    def _inside_api_box(self) -> Box:
         for name, limits in (("M_vir", MASS), ("scale_radius", SCALE_RADIUS), ("ellipticity", ELLIPTICITY)):
             low, high = getattr(self, name)
             if not (limits.low <= low <= high <= limits.high):
@@ -81,10 +82,10 @@ class Execution(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 2
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Execution":
+    def _ordered(self) -> Execution:
         low, high = self.pool_size
         if low > high:
-            raise ValueError(f"actors must be [min, max] with min <= max, got {list(self.actors)}")
+            raise ValueError(f"actors must be [min, max] with min <= max, got {[low, high]}")
         return self
 
     @property
@@ -104,13 +105,14 @@ class SweepConfig(_Strict):
     seed: Annotated[int, Field(ge=0, lt=2**63)]
     sampling: RandomSampling | GridSampling = Field(discriminator="method")
     box: Box = Box()
-    scenarios: Annotated[list[Literal["none", "CDM", "WDM", "SIDM"]], Field(min_length=1)] = list(SCENARIO_LABELS)
-    noise_levels: Annotated[list[Annotated[float, Field(**NOISE_SIGMA.bounds())]], Field(min_length=1)] = [0.0]
+    scenarios: Annotated[list[ScenarioLabel], Field(min_length=1)] = list(SCENARIO_LABELS)
+    noise_levels: Annotated[list[Annotated[float, Field(ge=NOISE_SIGMA.low, le=NOISE_SIGMA.high)]],
+                            Field(min_length=1)] = [0.0]
     grid_size: Literal[GRID_SIZES] = 64  # type: ignore[valid-type]
-    fov_kpc: Annotated[float, Field(**FOV.bounds())] = DEFAULT_FOV_KPC
+    fov_kpc: Annotated[float, Field(ge=FOV.low, le=FOV.high)] = DEFAULT_FOV_KPC
     z_lens: float = DEFAULT_Z_LENS
     z_source: float = DEFAULT_Z_SOURCE
-    mc_samples: Annotated[int, Field(**MC_SAMPLES.bounds())] = 20
+    mc_samples: Annotated[int, Field(ge=MC_SAMPLES.low, le=MC_SAMPLES.high)] = 20
     shard_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     execution: Execution = Execution()
 
@@ -122,7 +124,7 @@ class SweepConfig(_Strict):
         return values
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SweepConfig":
+    def _consistent(self) -> SweepConfig:
         lens_geometry(self.z_lens, self.z_source)  # ValueError naming z_lens / z_source
         return self
 
@@ -163,7 +165,8 @@ def _format_errors(error: ValidationError) -> str:
 def parse_config(data: object, source: str = "<config>") -> SweepConfig:
     """Validate a parsed YAML document; raise ConfigError with one line per invalid field."""
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid sweep config {source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"invalid sweep config {source}: expected a mapping at the top level, "
+                          f"got {type(data).__name__}")
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as error:

@@ -92,8 +92,7 @@ def shard_inputs(config: SweepConfig, shard: int) -> ShardInputs:
 def render_maps(config: SweepConfig, inputs: ShardInputs, device: torch.device) -> np.ndarray:
     """The shard's kappa maps (B, N, N) float32: hosts + scenario draws, plus per-map Gaussian noise."""
     geometry = lens_geometry(config.z_lens, config.z_source)
-    maps = generate_batch(inputs.hosts, config.grid_size, config.fov_kpc, geometry, device=device)
-    maps = maps.cpu().numpy()
+    maps = generate_batch(inputs.hosts, config.grid_size, config.fov_kpc, geometry, device=device).cpu().numpy()
     if inputs.noise_sigma.any():
         noise = np.random.default_rng(inputs.noise_seed).standard_normal(maps.shape, dtype=np.float32)
         maps += noise * inputs.noise_sigma[:, None, None].astype(np.float32)

@@ -16,12 +16,15 @@ times (`max_task_retries`); a shard that still fails is reported, not raised, an
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from .sweep_config import STAGES
+
+PAUSE_POLL_S = 0.5  # how often a paused sweep looks at its pause file
 
 
 class ShardWorker:
@@ -31,10 +34,11 @@ class ShardWorker:
         started = time.perf_counter()
         import torch  # here, not at module level: the driver imports this module without torch
 
+        from lensing.predictor import Predictor
+
         from .sweep_config import SweepConfig
         from .sweep_pipeline import process_shard
         from .sweep_store import SweepStore
-        from lensing.predictor import Predictor
 
         self.config = SweepConfig.model_validate(config)
         torch.set_num_threads(self.config.execution.threads)
@@ -79,7 +83,7 @@ class WorkerPool:
         import ray
 
         if not ray.is_initialized():
-            ray.init(logging_level="warning", log_to_driver=True)
+            ray.init(logging_level=logging.WARNING, log_to_driver=True)
         self.ray = ray
         execution = config.execution
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -93,7 +97,7 @@ class WorkerPool:
         payload = config.model_dump(mode="json")
         self.max_attempts = execution.max_attempts
         self.actors = [actor_class.remote(payload, target) for _ in range(execution.pool_size[1])]
-        self.starting = {actor.info.remote(): actor for actor in self.actors}
+        self.starting = {actor.info.remote(): actor for actor in self.actors}  # type: ignore[attr-defined]
         self.idle: deque = deque()
         self.first_info: dict | None = None
         self.start_errors: list[str] = []
@@ -117,15 +121,20 @@ class WorkerPool:
             self._started(ref)
         return self.first_info
 
-    def run(self, shards: list[int], on_result: Callable[[dict], None]) -> None:
-        """Run `shards`, one in flight per running actor; call `on_result` with each shard's status dict."""
+    def run(self, shards: list[int], on_result: Callable[[dict], None],
+            paused: Callable[[], bool] = lambda: False) -> None:
+        """Run `shards`, one in flight per running actor; call `on_result` with each shard's status dict.
+        While `paused()` is true no new shard starts (those under way finish)."""
         queue = deque(shards)
         running: dict = {}  # object ref -> (actor, shard)
         while queue or running:
-            while self.idle and queue:
+            while self.idle and queue and not paused():
                 actor, shard = self.idle.popleft(), queue.popleft()
                 running[actor.run.remote(shard)] = (actor, shard)
             if not running and not self.starting:
+                if queue and paused():
+                    time.sleep(PAUSE_POLL_S)
+                    continue
                 raise RuntimeError(f"no sweep worker could start: {self.start_errors[-1]}")
             [ref], _ = self.ray.wait([*running, *self.starting], num_returns=1)
             if ref in self.starting:
@@ -143,4 +152,4 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            self.ray.kill(actor)  # type: ignore[arg-type]  # ray.remote(cls).options(...) is typed loosely

@@ -18,15 +18,15 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+from matplotlib.ticker import NullFormatter
 
-from lensing.scenarios import SCENARIOS  # noqa: E402
+from lensing.scenarios import SCENARIOS
 
-from .sweep_config import SweepConfig  # noqa: E402
-from .sweep_store import SweepStore  # noqa: E402
+from .sweep_config import SweepConfig
+from .sweep_store import SweepStore
 
 TARGETS = {"M_vir": "dex", "r_s": "dex", "ellipticity": "abs"}  # regression targets and their error unit
 N_BINS = 4
@@ -67,7 +67,8 @@ def metrics(columns: dict[str, np.ndarray], has_uncertainty: bool) -> dict:
     labelled = columns["scenario"] != "none"
     result["n_with_scenario"] = int(labelled.sum())
     result["classification_accuracy"] = (
-        float((columns["predicted_class"][labelled] == columns["scenario"][labelled]).mean()) if labelled.any() else None
+        float((columns["predicted_class"][labelled] == columns["scenario"][labelled]).mean())
+        if labelled.any() else None
     )
     result["mean_entropy"] = _float(columns["entropy"].mean()) if n else None
     return result
@@ -277,7 +278,8 @@ def write_report(store: SweepStore, config: SweepConfig, model: dict, failed: li
     table = store.read_table()
     summary = summarize(table, config, model, failed)
     store.write_bytes("summary.json", json.dumps(summary, indent=2).encode())
-    plots = dict(zip(PLOTS, (plot_errors(table_columns(table)), plot_coverage(summary), plot_confusion(summary))))
+    figures = (plot_errors(table_columns(table)), plot_coverage(summary), plot_confusion(summary))
+    plots = dict(zip(PLOTS, figures, strict=True))
     for name, data in plots.items():
         store.write_bytes(f"plots/{name}", data)
     store.write_bytes("report.md", render_report(summary, config).encode())

@@ -44,7 +44,7 @@ class SweepStore:
         self.target = target
 
     @classmethod
-    def open(cls, target: str) -> "SweepStore":
+    def open(cls, target: str) -> SweepStore:
         """Resolve a local path (relative to the current directory) or a URI and create the root."""
         if "://" in target:
             try:

@@ -1,12 +1,15 @@
-"""Helpers of the live Serve tests: test configs, `serve deploy` onto a private cluster, waiting, replicas.
+"""The app on a private local cluster, for tests and benchmarks: configs, `serve deploy`, waiting, replicas.
 
 Configs are derived from the shipped serve_config.yaml (so the tests exercise it), with a free HTTP port,
-a temporary store and short timers. Deploys go through the `serve` CLI, as an operator would.
+a temporary store and short timers. Deploys go through the `serve` CLI, as an operator would. The
+serve configs state only what differs from the code's defaults, so `deployment` adds an entry where a
+test changes one, and `effective_deployment` reads a deployment's options with the defaults filled in.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 import subprocess
@@ -20,7 +23,7 @@ from typing import Any
 import requests
 import yaml
 
-from tests.ray_cluster import VENV_BIN, LocalRayCluster
+from harness.ray_head import VENV_BIN, LocalRayCluster
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = REPO / "serve_config.yaml"
@@ -56,18 +59,35 @@ def make_config(port: int, store_path: Path) -> dict:
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
     args.update(store_path=str(store_path), max_body_bytes=8 * MIB, stats_flush_s=0.5)
-    args["batch"].update(concurrency=2, lease_ttl_s=3.0)
+    args.setdefault("batch", {}).update(concurrency=2, lease_ttl_s=3.0)
+    args.setdefault("predictor", {})
     if weights := os.environ.get("LENSING_SERVE_TEST_WEIGHTS"):
         args["predictor"].update(weights=f"{weights}/pinn.safetensors", card=f"{weights}/pinn_card.json")
-    predictor = deployment(config, "PINNPredictor")
-    predictor["user_config"]["batch_wait_timeout_s"] = 0.01
+    deployment(config, "PINNPredictor")["user_config"] = {"batch_wait_timeout_s": 0.01}
     return config
 
 
 def deployment(config: dict, name: str, app: str = APP) -> dict:
-    """The `deployments` entry called `name` of application `app` in a config."""
+    """The `deployments` entry called `name` of application `app` in a config (added, empty, if absent)."""
     application = next(a for a in config["applications"] if a["name"] == app)
-    return next(d for d in application["deployments"] if d["name"] == name)
+    entries = application.setdefault("deployments", [])
+    entry = next((d for d in entries if d["name"] == name), None)
+    if entry is None:
+        entry = {"name": name}
+        entries.append(entry)
+    return entry
+
+
+def effective_deployment(config: dict, name: str, app: str = APP) -> dict:
+    """A deployment's replica options and user_config as they run: the code's defaults, overridden by the config."""
+    from deployments.settings import REPLICA_DEFAULTS, PoolBatching
+
+    options = REPLICA_DEFAULTS[name].deployment_options()
+    if name == "PINNPredictor":
+        options["user_config"] = PoolBatching().model_dump()
+    for key, value in deployment(copy.deepcopy(config), name, app).items():
+        options[key] = options.get(key, {}) | value if isinstance(value, dict) else value
+    return options
 
 
 def with_changes(config: dict, change: Callable[[dict], Any]) -> dict:
@@ -116,13 +136,13 @@ def deploy_with_retry(cluster, config: dict, path, attempts: int = 3) -> None:
 
 
 def readme_section(heading: str = "## Run the service") -> str:
-    """The README section `heading` (README.md if it has it, else notes/README_serve.md)."""
-    for path in (REPO / "README.md", REPO / "notes" / "README_serve.md"):
-        if path.exists() and heading in (text := path.read_text()):
-            section = text[text.index(heading) + len(heading):]
-            following = re.search(r"^## ", section, flags=re.MULTILINE)
-            return section[: following.start()] if following else section
-    raise FileNotFoundError(f"no file has the section {heading!r}")
+    """The README section `heading`, up to the next heading of the same level."""
+    text = (REPO / "README.md").read_text()
+    if heading not in text:
+        raise KeyError(f"README.md has no section {heading!r}")
+    section = text[text.index(heading) + len(heading):]
+    following = re.search(r"^## ", section, flags=re.MULTILINE)
+    return section[: following.start()] if following else section
 
 
 def code_blocks(markdown: str, language: str) -> list[str]:
@@ -136,7 +156,7 @@ def deployed(workdir: Path, change: Callable[[dict], Any] | None = None, num_cpu
     process is a Ray driver of it (for ray.util.state and ray.kill). Everything is stopped on exit."""
     import ray
 
-    from tests.ray_cluster import free_port, local_ray_cluster
+    from harness.ray_head import free_port, local_ray_cluster
 
     port = free_port()
     previous_auth = os.environ.get("RAY_AUTH_MODE")
@@ -144,7 +164,7 @@ def deployed(workdir: Path, change: Callable[[dict], Any] | None = None, num_cpu
     env = {"PYTHONPATH": str(REPO)} | (extra_env or {})
     try:
         with local_ray_cluster(num_cpus=num_cpus, num_gpus=num_gpus, extra_env=env) as cluster:
-            ray.init(address=cluster.gcs_address, logging_level="ERROR")
+            ray.init(address=cluster.gcs_address, logging_level=logging.ERROR)
             try:
                 config = make_config(port, workdir / "store.sqlite")
                 if change is not None:

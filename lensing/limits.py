@@ -51,10 +51,6 @@ class Range:
         interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
         return f"{interval} {self.unit}".rstrip()
 
-    def bounds(self) -> dict[str, float]:
-        """pydantic Field keywords for this range: {'ge' or 'gt': low, 'le': high}."""
-        return {"gt" if self.low_open else "ge": self.low, "le": self.high}
-
     def check(self, field: str, value: object) -> float:
         """`value` as a float if it is a finite real number inside the range, else InputError naming `field`."""
         number = as_real(field, value)

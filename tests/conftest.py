@@ -11,7 +11,7 @@ import contextlib
 
 import pytest
 
-from tests.serve_harness import LiveService, deployed, deployment
+from harness.serve import LiveService, deployed, deployment
 
 API_KEY = "shared-test-key-0123456789abcdef"
 
@@ -31,7 +31,7 @@ def harden(config: dict) -> None:
     predictor = deployment(config, "PINNPredictor")
     predictor["health_check_period_s"] = 2
     predictor["num_replicas"] = 2
-    predictor["ray_actor_options"]["num_cpus"] = 0.5
+    predictor.setdefault("ray_actor_options", {})["num_cpus"] = 0.5
 
 
 class SharedService:

@@ -20,10 +20,21 @@ import pytest
 import requests
 import yaml
 
-from tests.ray_cluster import free_port, local_ray_cluster
-from tests.serve_harness import (
-    APP, GPU_CONFIG, REPO, LiveService, deploy_with_retry, deployment, healthy, load_yaml, make_config, wait_until,
+from harness.ray_head import free_port, local_ray_cluster
+from harness.serve import (
+    APP,
+    GPU_CONFIG,
+    REPO,
+    LiveService,
+    deploy_with_retry,
+    deployment,
+    healthy,
+    load_yaml,
+    make_config,
+    wait_until,
 )
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 pytest.importorskip("ray")
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from tests.serve_harness import GPU_CONFIG, REPO, deployment, load_yaml
+from harness.serve import GPU_CONFIG, REPO, deployment, load_yaml
 
 ray = pytest.importorskip("ray")
 jsonschema = pytest.importorskip("jsonschema")
@@ -154,7 +154,8 @@ def test_rayservice_structure():
     [(gpu_group, gpus_per_pod)] = gpu_groups
     assert gpu_group["maxReplicas"] * gpus_per_pod == pytest.approx(pinn_gpus_at_most())
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu_group["template"]["spec"]["tolerations"])
-    claims = [doc for doc in yaml.safe_load_all(RAYSERVICE.read_text()) if doc and doc["kind"] == "PersistentVolumeClaim"]
+    documents = yaml.safe_load_all(RAYSERVICE.read_text())
+    claims = [doc for doc in documents if doc and doc["kind"] == "PersistentVolumeClaim"]
     claim_names = {v["persistentVolumeClaim"]["claimName"] for v in head["template"]["spec"]["volumes"]
                    if "persistentVolumeClaim" in v}
     assert claim_names == {c["metadata"]["name"] for c in claims}

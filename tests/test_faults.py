@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 import requests
 
+from harness.ray_head import VENV_BIN
+from harness.serve import APP, LiveService, healthy, replica_actors, serve_deploy, wait_until
 from lensing.synthetic import MapRequest, generate_map
 from tests.conftest import API_KEY
-from tests.ray_cluster import VENV_BIN
-from tests.serve_harness import APP, LiveService, healthy, replica_actors, serve_deploy, wait_until
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 ray = pytest.importorskip("ray")
 
@@ -78,7 +80,7 @@ class Load:
                     outcome = type(exc).__name__
                 self.outcomes.append((started, time.monotonic(), outcome))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self

@@ -1,4 +1,4 @@
-"""Physical invariants of the maps, numerical robustness, and numpy / torch agreement (DESIGN.md section 3)."""
+"""Physical invariants of the maps, numerical robustness, and numpy / torch agreement (docs/design.md section 3)."""
 
 from __future__ import annotations
 

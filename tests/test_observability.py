@@ -21,8 +21,10 @@ import pytest
 import requests
 import yaml
 
-from tests.ray_cluster import free_port, local_ray_cluster, stop_process
-from tests.serve_harness import REPO, LiveService, deploy_with_retry, healthy, make_config, wait_until
+from harness.ray_head import free_port, local_ray_cluster, stop_process
+from harness.serve import REPO, LiveService, deploy_with_retry, healthy, make_config, wait_until
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 PROMETHEUS_CONFIG = REPO / "configs" / "prometheus.yml"
 DASHBOARD = REPO / "configs" / "grafana" / "lensing-dashboard.json"
@@ -128,8 +130,9 @@ def send_traffic(base_url: str, rounds: int = 4) -> dict:
             spec["scenario"] = "CDM"  # rendered by the SyntheticGenerator deployment, smooth hosts by the ingress
         generated = requests.post(base_url + "/api/v1/synthetic", json=spec, headers={"Accept": NPY}, timeout=60)
         assert generated.status_code == 200, generated.text
-        inferred = requests.post(base_url + "/api/v1/inference", params={"mc_samples": (1, 10, 50, 200)[k % 4], "seed": k},
-                                 data=generated.content, headers={"Content-Type": NPY}, timeout=60)
+        params = {"mc_samples": (1, 10, 50, 200)[k % 4], "seed": k}
+        inferred = requests.post(base_url + "/api/v1/inference", params=params, data=generated.content,
+                                 headers={"Content-Type": NPY}, timeout=60)
         assert inferred.status_code == 200, inferred.text
         invalid = requests.post(base_url + "/api/v1/inference", json={"convergence_map": [[0.1]]}, timeout=60)
         assert invalid.status_code == 422, invalid.text

@@ -1,6 +1,6 @@
 """Convergence and deflection against lenstronomy, and profile shapes against line-of-sight integrals.
 
-lenstronomy (a test-only dependency) is the reference of DESIGN.md section 3. Its constants (G, c,
+lenstronomy (a test-only dependency) is the reference of docs/design.md section 3. Its constants (G, c,
 rho_crit) differ from astropy's, so its maps differ from ours by one constant factor of about 3e-4;
 the shape, i.e. the ratio of the two maps across all pixels, must agree to ~1e-9.
 """
@@ -24,7 +24,7 @@ lenstronomy = pytest.importorskip("lenstronomy")
 from lenstronomy.Cosmo.lens_cosmo import LensCosmo  # noqa: E402
 from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402
 
-CONSTANTS_TOLERANCE = 3e-4  # astropy vs lenstronomy G, c and rho_crit (DESIGN.md section 3)
+CONSTANTS_TOLERANCE = 3e-4  # astropy vs lenstronomy G, c and rho_crit (docs/design.md section 3)
 # lenstronomy rounds rho_crit to 2.77536627e11 h^2 Msun/Mpc^3, so its r_s (from M and c) is off by
 # ~3e-10; with |dln kappa / dln R| < 3 the map ratio can vary by ~1e-9 from that alone.
 SHAPE_TOLERANCE = 2e-9
@@ -80,7 +80,7 @@ def away_from_x1(xi: np.ndarray, r_s: float) -> np.ndarray:
 
 
 def design_elliptical_radius(x, y, e: float, phi_deg: float) -> np.ndarray:
-    """xi written out from DESIGN.md section 3, independently of the package."""
+    """xi written out from docs/design.md section 3, independently of the package."""
     q = (1 - e) / (1 + e)
     phi = math.radians(phi_deg)
     x_rot = x * math.cos(phi) + y * math.sin(phi)

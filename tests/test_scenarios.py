@@ -1,4 +1,4 @@
-"""Dark-matter scenarios (DESIGN.md section 4): reproducibility, the recipes' statistics, and class ids.
+"""Dark-matter scenarios (docs/design.md section 4): reproducibility, the recipes' statistics, and class ids.
 
 Statistical tests average many seeded draws and compare with the expectation computed from the recipe's
 documented definitions (mass function, fraction range, WDM suppression), with a margin of five
@@ -21,7 +21,7 @@ from lensing.profiles import host_profile
 from lensing.scenarios import SCENARIO_CLASS, SCENARIOS, WDM_BETA, WDM_GAMMA, draw_scenario
 from lensing.synthetic import HostBatch, generate_batch
 
-# The recipe of DESIGN.md section 4 (definitions, not fitted outputs). The WDM suppression function
+# The recipe of docs/design.md section 4 (definitions, not fitted outputs). The WDM suppression function
 # (1 + gamma m_hm / m)^-beta is the code's documented choice (Lovell et al. 2014), so it comes from there.
 DESIGN_CLASSES = {"CDM": 0, "WDM": 1, "SIDM": 2}
 SUBHALO_SLOPE = 1.9  # dN/dm ~ m^-1.9

@@ -18,6 +18,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster
+
 MAX_EXAMPLES = 15  # per operation and mode: 30 cases per operation
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -18,15 +18,30 @@ import numpy as np
 import pytest
 import requests
 
+from harness.serve import (
+    APP,
+    GPU_CONFIG,
+    MIB,
+    REPO,
+    LiveService,
+    code_blocks,
+    deployed,
+    deployment,
+    healthy,
+    load_yaml,
+    readme_section,
+    serve_deploy,
+    wait_until,
+    with_changes,
+)
 from lensing.io import from_fits_bytes
 from lensing.synthetic import MapRequest, generate_map
-from tests.serve_harness import (
-    APP, GPU_CONFIG, MIB, REPO, LiveService, code_blocks, deployed, deployment, healthy, load_yaml, readme_section, serve_deploy, wait_until, with_changes,
-)
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 NPY, FITS, PNG = "application/x-npy", "application/fits", "image/png"
 
@@ -143,8 +158,8 @@ def test_inference_json_npy_fits_agree(live):
     by_json = infer(live, kappa, mc_samples=10, seed=42, **geometry)
     by_npy = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 10, "seed": 42, **geometry},
                            data=npy_bytes(kappa), headers={"Content-Type": NPY}).json()
-    by_fits = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 10, "seed": 42},  # geometry from header
-                            data=fits_response.content, headers={"Content-Type": FITS}).json()
+    by_fits = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 10, "seed": 42},
+                            data=fits_response.content, headers={"Content-Type": FITS}).json()  # geometry: the header
     for other in (by_npy, by_fits):
         assert_same_result(other, by_json)
     assert set(by_json["classification"]) == {"CDM", "WDM", "SIDM"}
@@ -303,7 +318,7 @@ def test_concurrent_requests_form_batches_and_match_unbatched(live):
     assert max(sizes) > 1, sizes
     after = predictor_settings()["batch_sizes"]
     assert any(int(size) > 1 and after[size] > before.get(size, 0) for size in after), (before, after)
-    for (kappa, options), together in zip(requests_[:4], batched[:4]):
+    for (kappa, options), together in zip(requests_[:4], batched[:4], strict=True):
         alone = infer(live, kappa, **options)
         assert alone["serving"]["batch_size"] == 1
         assert_same_result(alone, together)
@@ -339,8 +354,9 @@ def test_stats_and_metrics(live):
         "POST /api/v1/synthetic") and s, 30, "request counters never reached the store")
     assert stats["total_jobs"] >= stats["completed_jobs"] > 0 and stats["model_loaded"] is True
     assert stats["requests"]["POST /api/v1/inference"].get("422", 0) > 0
-    wanted = ["ray_lensing_requests_total", "ray_lensing_request_latency_ms_bucket", "ray_lensing_pinn_batch_size_bucket",
-              "ray_lensing_inference_latency_ms_bucket", "ray_lensing_mc_samples_bucket",
+    wanted = ["ray_lensing_requests_total", "ray_lensing_request_latency_ms_bucket",
+              "ray_lensing_pinn_batch_size_bucket", "ray_lensing_inference_latency_ms_bucket",
+              "ray_lensing_mc_samples_bucket",
               "ray_lensing_maps_inferred_total", "ray_lensing_maps_generated_total",
               'endpoint="/api/v1/inference"', 'status="422"']
     url = f"http://127.0.0.1:{live.cluster.metrics_port}/metrics"

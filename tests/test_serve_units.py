@@ -4,34 +4,49 @@ map checks, settings and both serve configs (valid for `serve run`/`serve deploy
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.codecs import check_map, field_name, negotiate
-from deployments.errors import InvalidInput
-from deployments.pool import PoolClient
-from deployments.predictor import BatchingConfig, InferenceItem
-from deployments.settings import AppSettings
+from deployments.batch_items import BatchItem, BatchOptions
+from deployments.http.codecs import check_map, field_name, negotiate
+from deployments.http.errors import InvalidInput
+from deployments.pinn_pool import InferenceItem, PoolClient
+from deployments.settings import AppSettings, PoolBatching, PoolCallSettings
 from deployments.store import JobDatabase
+from harness.serve import GPU_CONFIG, SERVE_CONFIG, deployment, effective_deployment, load_yaml
 from lensing.cosmology import MapGeometry
-from tests.serve_harness import GPU_CONFIG, SERVE_CONFIG, deployment, load_yaml
 
 
-def item(job_id: str) -> dict:
-    return {"job_id": job_id, "source": "synthetic", "request": {"map_request": {"M_vir": 1e12}, "seed": 1}}
+def item(job_id: str, index: int = 0) -> BatchItem:
+    return BatchItem(job_id=job_id, index=index, source="synthetic", seed=1, map_request={"M_vir": 1e12})
+
+
+OPTIONS = BatchOptions(mc_samples=10, refine=False, base_seed=0)
+
+
+class FakeClock:
+    """A clock the test moves by hand, so lease expiry does not depend on how fast the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def test_store_runs_a_batch_to_completion_and_survives_reopening(tmp_path):
     path = tmp_path / "store.sqlite"
     db = JobDatabase(str(path))
     db.record_jobs([("s1", "synthetic", {"M_vir": 1e12, "seed": 3}, {"metadata": {}})])
-    db.create_batch("b1", [item("i1"), item("i2")], {"mc_samples": 10}, owner="A", ttl=60)
+    db.create_batch("b1", [item("i1", 0), item("i2", 1)], OPTIONS, owner="A", ttl=60)
     options, pending = db.pending_items("b1")
-    assert options == {"mc_samples": 10} and [p["index"] for p in pending] == [0, 1]
+    assert options == OPTIONS and [p.index for p in pending] == [0, 1]
     db.finish_item("i1", result={"ok": 1})
     assert db.finalize_batch("b1") == "running"
     db.finish_item("i2", error="bad map")
@@ -50,18 +65,19 @@ def test_store_runs_a_batch_to_completion_and_survives_reopening(tmp_path):
 
 
 def test_store_leases_orphans_to_one_runner_and_fails_them_after_max_attempts(tmp_path):
-    db = JobDatabase(str(tmp_path / "store.sqlite"))
-    db.create_batch("b1", [item("i1")], {}, owner="dead", ttl=0.05)
+    clock = FakeClock()
+    db = JobDatabase(str(tmp_path / "store.sqlite"), clock=clock)
+    db.create_batch("b1", [item("i1")], OPTIONS, owner="dead", ttl=0.05)
     assert db.claim_orphans("B", ttl=60, max_attempts=3) == []  # lease still valid
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert db.renew("dead", ["b1"], ttl=0.05) == ["b1"]  # the owner may renew its own lease...
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert db.claim_orphans("B", ttl=0.05, max_attempts=3) == ["b1"]  # ...until it lapses
     assert db.claim_orphans("C", ttl=60, max_attempts=3) == []  # B holds it now
     assert db.renew("dead", ["b1"], ttl=60) == []  # the old owner lost it
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert db.claim_orphans("C", ttl=0.05, max_attempts=3) == ["b1"]  # third attempt (first was the creator's)
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert db.claim_orphans("D", ttl=60, max_attempts=3) == []  # a fourth would exceed max_attempts
     status = db.batch_status("b1")
     assert status["status"] == "failed" and "abandoned" in status["error"]
@@ -70,7 +86,7 @@ def test_store_leases_orphans_to_one_runner_and_fails_them_after_max_attempts(tm
 
 def test_store_release_hands_leases_over_without_counting_an_attempt(tmp_path):
     db = JobDatabase(str(tmp_path / "store.sqlite"))
-    db.create_batch("b1", [item("i1")], {}, owner="A", ttl=60)
+    db.create_batch("b1", [item("i1")], OPTIONS, owner="A", ttl=60)
     db.release("A")  # a graceful shutdown
     for owner in ("B", "C", "D"):  # each graceful handover leaves the attempt count where it was
         assert db.claim_orphans(owner, ttl=60, max_attempts=2) == ["b1"]
@@ -106,16 +122,16 @@ def test_serve_configs_are_valid_and_batching_fits(path):
     app = config["applications"][0]
     assert app["import_path"] == "deployments.app:build_app"
     AppSettings.model_validate(app["args"])
-    pinn = deployment(config, "PINNPredictor")
-    batching = BatchingConfig.model_validate(pinn["user_config"])
+    pinn = effective_deployment(config, "PINNPredictor")
+    batching = PoolBatching.model_validate(pinn["user_config"])
     assert pinn["max_ongoing_requests"] >= batching.max_batch_size
-    assert deployment(config, "JobStore")["num_replicas"] == 1
+    assert effective_deployment(config, "JobStore")["num_replicas"] == 1
 
 
 def test_gpu_config_uses_quarter_gpus_and_autoscaling():
     pinn = deployment(load_yaml(GPU_CONFIG), "PINNPredictor")
     assert pinn["ray_actor_options"]["num_gpus"] == 0.25 and pinn["autoscaling_config"]["max_replicas"] >= 4
-    cpu = deployment(yaml.safe_load(SERVE_CONFIG.read_text()), "PINNPredictor")
+    cpu = effective_deployment(yaml.safe_load(SERVE_CONFIG.read_text()), "PINNPredictor")
     assert cpu["ray_actor_options"]["num_gpus"] == 0
 
 
@@ -152,7 +168,7 @@ def test_pool_client_sends_a_lone_map_at_once_and_groups_maps_that_wait():
 
     async def scenario() -> None:
         pool = FakePool()
-        client = PoolClient(pool, max_group=4, in_flight=1)
+        client = PoolClient(pool, PoolCallSettings(max_group=4, calls_in_flight=1))
         assert await client.infer(item_(0)) == {"seed": 0}
         assert pool.groups == [[0]]
         results = await asyncio.gather(*(client.infer(item_(k)) for k in range(1, 10)))
@@ -167,7 +183,7 @@ def test_pool_client_sends_a_lone_map_at_once_and_groups_maps_that_wait():
 def test_request_schemas_use_only_json_schema_keywords():
     """Pydantic writes a constraint it cannot attach to the type (e.g. bounds after a BeforeValidator) as
     its own `ge`/`le` keys, which JSON Schema ignores: clients and schemathesis would miss the bound."""
-    from deployments.schemas import BatchRequest, InferenceOptions, InferenceRequest, SyntheticRequest
+    from deployments.http.schemas import BatchRequest, InferenceOptions, InferenceRequest, SyntheticRequest
 
     def keys(node):
         if isinstance(node, dict):
@@ -181,3 +197,54 @@ def test_request_schemas_use_only_json_schema_keywords():
     for model in (SyntheticRequest, InferenceRequest, InferenceOptions, BatchRequest):
         found = {"ge", "le", "gt", "lt", "min_length", "max_length"} & set(keys(model.model_json_schema()))
         assert not found, (model.__name__, found)
+
+
+def test_an_internal_error_in_the_model_is_not_the_clients_fault(monkeypatch):
+    """A ValueError raised inside the network (a bug of ours, e.g. a shape mismatch) must come back as an
+    internal failure (a 500 with a request id), never as a 422 blaming the client; a bad map stays a 422."""
+    from fastapi.testclient import TestClient
+
+    from deployments.http.api import create_app
+    from deployments.http.errors import InternalFailure
+    from deployments.inference import Inference
+    from deployments.pinn_pool import InferenceFailure, PINNPredictor
+    from lensing.predictor import Predictor
+
+    pool = object.__new__(PINNPredictor.func_or_class)  # the replica's logic, without a Serve replica
+    pool.predictor, pool.config = Predictor.from_package(device="cpu"), PoolBatching()
+    good, bad = np.zeros((32, 32)) + 0.01, np.full((32, 32), np.nan)
+    items = [InferenceItem(good, MapGeometry(), 5, 1), InferenceItem(bad, MapGeometry(), 5, 2)]
+    ok, bad_input = pool._predict(items)
+    assert isinstance(ok, dict) and isinstance(bad_input, InferenceFailure) and bad_input.field == "convergence_map"
+
+    def broken(*args, **kwargs):
+        raise ValueError("mat1 and mat2 shapes cannot be multiplied (64x3 and 4x256)")
+
+    monkeypatch.setattr(pool.predictor.model.encoder, "forward", broken)
+    failures = pool._predict(items[:1] * 2)
+    assert all(isinstance(f, InferenceFailure) and not f.bad_input for f in failures)
+
+    class FailingPool:
+        async def infer(self, item):
+            return failures[0]
+
+        async def model_info(self):
+            return {"name": "PINN", "version": "test", "input_size": [64, 64], "device": "cpu"}
+
+    inference = Inference(FailingPool(), recorder=None)  # type: ignore[arg-type]
+    with pytest.raises(InternalFailure):
+        asyncio.run(inference.run(items[0]))
+
+    class Service:
+        async def startup(self) -> None: ...
+        async def shutdown(self) -> None: ...
+        def record(self, *row) -> None: ...
+        async def model_info(self):
+            return await FailingPool().model_info()
+        async def infer(self, kappa, options):
+            return await inference.infer(kappa, options)
+
+    with TestClient(create_app(Service(), AppSettings()), raise_server_exceptions=False) as client:  # type: ignore[arg-type]
+        response = client.post("/api/v1/inference", json={"convergence_map": good.tolist(), "mc_samples": 5})
+    assert response.status_code == 500 and response.json()["detail"] == "internal server error"
+    assert response.json()["request_id"], response.text

@@ -88,7 +88,8 @@ def test_grid_sampling_covers_every_point_once_per_repeat() -> None:
     points = [
         (m, r, e, s, n)
         for x in inputs
-        for m, r, e, s, n in zip(x.hosts.M_vir, x.hosts.scale_radius, x.hosts.ellipticity, x.scenario_label, x.noise_sigma)
+        for m, r, e, s, n in zip(x.hosts.M_vir, x.hosts.scale_radius, x.hosts.ellipticity, x.scenario_label,
+                                 x.noise_sigma, strict=True)
     ]
     assert len(set(points)) == config.n_maps // 2
     np.testing.assert_allclose(sorted({p[0] for p in points}), [1e11, 10**12.5, 1e14])

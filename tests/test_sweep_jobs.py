@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.ray_cluster import LocalRayCluster, local_ray_cluster
+from harness.ray_head import LocalRayCluster, local_ray_cluster
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", ".git", "**/__pycache__", ".pytest_cache", "*.egg-info", "out", "runs", "build", "dist",
@@ -64,11 +66,12 @@ def write_config(folder: Path, name: str, **changes) -> Path:
     return path
 
 
-def submit(client, config: Path, output: Path) -> str:
+def submit(client, config: Path, output: Path, pause_file: Path | None = None) -> str:
+    pause = f" --pause-file {pause_file}" if pause_file else ""
     for attempt in range(60):  # a head still starting its job agent answers 500 "No available agent"
         try:
             return client.submit_job(
-                entrypoint=f"python -m cluster.sweep {config} --output {output}",
+                entrypoint=f"python -m cluster.sweep {config} --output {output}{pause}",
                 runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
             )
         except RuntimeError as error:
@@ -164,11 +167,12 @@ def test_small_sweep_succeeds_with_complete_consistent_outputs(reference: tuple[
 def test_stopped_job_resumes_to_the_same_table(client, reference: tuple[Path, str], tmp_path: Path) -> None:
     # One actor makes the run long enough to stop midway; execution settings do not change the table.
     config = write_config(tmp_path, "sweep", execution={"actors": 1, "torch_threads": 1, "max_attempts": 2})
-    output = tmp_path / "out"
-    job = submit(client, config, output)
+    output, pause = tmp_path / "out", tmp_path / "pause"
+    job = submit(client, config, output, pause_file=pause)
     deadline = time.monotonic() + JOB_TIMEOUT
     while not shard_files(output) and time.monotonic() < deadline:
         time.sleep(0.05)
+    pause.touch()  # the event: no new shard starts after the first is written, however fast this machine is
     client.stop_job(job)
     assert wait(client, job) == "STOPPED"
     before = settled_shard_files(output)

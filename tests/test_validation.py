@@ -1,4 +1,4 @@
-"""Bad input raises a ValueError whose message names the offending parameter (DESIGN.md sections 3 and 6)."""
+"""Bad input raises a ValueError whose message names the offending parameter (docs/design.md section 3 and 6)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,9 @@ def synced(manifest: str, serve_config: str) -> str:
     """`manifest` with its serveConfigV2 block replaced by `serve_config`."""
     lines = manifest.splitlines()
     start = next(i for i, line in enumerate(lines) if KEY.match(line))
-    indent = len(KEY.match(lines[start])["indent"])
+    match = KEY.match(lines[start])
+    assert match is not None  # the line `start` was found by this match
+    indent = len(match["indent"])
     end = start + 1
     while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip(" ")) > indent):
         end += 1
