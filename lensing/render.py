@@ -32,7 +32,7 @@ def _block_size(pixels_per_item: int) -> int:
 
 
 def _quadratic_form(ellipticity: torch.Tensor, phi_rad: torch.Tensor, r_s: torch.Tensor) -> torch.Tensor:
-    """(B, 3) coefficients (a, b, c) with (xi / r_s)^2 = a x^2 + b xy + c y^2 (DESIGN.md section 3)."""
+    """(B, 3) coefficients (a, b, c) with (xi / r_s)^2 = a x^2 + b xy + c y^2 (docs/design.md section 3)."""
     q = q_from_ellipticity(ellipticity)
     cos, sin = torch.cos(phi_rad), torch.sin(phi_rad)
     inv_r2 = 1.0 / r_s**2
