@@ -44,7 +44,7 @@ import requests  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from lensing.predictor import Predictor  # noqa: E402
+from lensing.pinn.predictor import Predictor  # noqa: E402
 from lensing.synthetic import MapRequest, generate_map  # noqa: E402
 from tests.ray_cluster import VENV_BIN, cluster_env, free_port, local_ray_cluster, stop_process  # noqa: E402
 

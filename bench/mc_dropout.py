@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from lensing import MapRequest, generate_map  # noqa: E402
 from lensing.pinn.preprocess import prepare_input  # noqa: E402
-from lensing.predictor import Predictor  # noqa: E402
+from lensing.pinn.predictor import Predictor  # noqa: E402
 
 REPEATS = 7
 MATMUL_SIZE = 2048

@@ -34,7 +34,7 @@ class ShardWorker:
         from .sweep_config import SweepConfig
         from .sweep_pipeline import process_shard
         from .sweep_store import SweepStore
-        from lensing.predictor import Predictor
+        from lensing.pinn.predictor import Predictor
 
         self.config = SweepConfig.model_validate(config)
         torch.set_num_threads(self.config.execution.threads)

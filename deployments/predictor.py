@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from lensing.predictor import MapGeometry, Predictor
+from lensing.pinn.predictor import MapGeometry, Predictor, resolve_device
 
 from .metrics import PredictorMetrics
 from .settings import PredictorSettings
@@ -68,17 +68,6 @@ class InferenceFailure:
 
     message: str
     bad_input: bool
-
-
-def resolve_device(requested: str) -> str:
-    """'auto' or 'cuda' -> 'cuda' if torch sees a CUDA device, else 'cpu' (logged when 'cuda' was asked)."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
-    if requested == "cpu" or torch.cuda.is_available():
-        return "cpu" if requested == "cpu" else "cuda"
-    if requested == "cuda":
-        logger.warning("device 'cuda' requested but torch sees no CUDA device; using the CPU")
-    return "cpu"
 
 
 @serve.deployment(
