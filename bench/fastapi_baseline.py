@@ -18,9 +18,9 @@ import torch
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from lensing.pinn.predictor import MapGeometry, Predictor
 from lensing.pinn.preprocess import prepare_input
 from lensing.pinn.sampling import summarise
-from lensing.predictor import MapGeometry, Predictor
 from lensing.synthetic import MapRequest, generate_map
 
 MODE = os.environ.get("BASELINE_MODE", "loop")

@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from harness.ray_head import VENV_BIN, cluster_env, free_port, local_ray_cluster, stop_process
-from lensing.predictor import Predictor
+from lensing.pinn.predictor import Predictor
 from lensing.synthetic import MapRequest, generate_map
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lensing import MapRequest, generate_map
 from lensing.pinn.preprocess import prepare_input
-from lensing.predictor import Predictor
+from lensing.pinn.predictor import Predictor
 
 REPEATS = 7
 MATMUL_SIZE = 2048

@@ -65,7 +65,7 @@ def single_process_main(config_path: str, output: str, threads: int, result_path
     from cluster.sweep_pipeline import process_shard
     from cluster.sweep_report import write_report
     from cluster.sweep_store import SweepStore
-    from lensing.predictor import Predictor
+    from lensing.pinn.predictor import Predictor
 
     if threads:
         torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ import torch
 
 from lensing.cosmology import lens_geometry
 from lensing.halo import r200_from_mass
-from lensing.predictor import MapGeometry, PredictionBatch, Predictor
+from lensing.pinn.predictor import MapGeometry, PredictionBatch, Predictor
 from lensing.scenarios import SCENARIO_CLASS, SCENARIOS
 from lensing.synthetic import NO_SCENARIO, HostBatch, generate_batch
 

@@ -34,7 +34,7 @@ class ShardWorker:
         started = time.perf_counter()
         import torch  # here, not at module level: the driver imports this module without torch
 
-        from lensing.predictor import Predictor
+        from lensing.pinn.predictor import Predictor
 
         from .sweep_config import SweepConfig
         from .sweep_pipeline import process_shard

@@ -35,7 +35,7 @@ from ray.serve.handle import DeploymentHandle
 
 from lensing.cosmology import MapGeometry
 from lensing.limits import InputError
-from lensing.predictor import Predictor
+from lensing.pinn.predictor import Predictor, resolve_device
 
 from .grouping import GroupedCalls
 from .metrics import PredictorMetrics
@@ -72,17 +72,6 @@ class InferenceFailure:
     @property
     def bad_input(self) -> bool:
         return self.field is not None
-
-
-def resolve_device(requested: str) -> str:
-    """'auto' or 'cuda' -> 'cuda' if torch sees a CUDA device, else 'cpu' (logged when 'cuda' was asked)."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
-    if requested == "cpu" or torch.cuda.is_available():
-        return "cpu" if requested == "cpu" else "cuda"
-    if requested == "cuda":
-        logger.warning("device 'cuda' requested but torch sees no CUDA device; using the CPU")
-    return "cpu"
 
 
 @serve.deployment(**PINN_POOL_REPLICA.deployment_options(user_config=BATCHING.model_dump()))

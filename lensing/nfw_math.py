@@ -186,13 +186,6 @@ def truncated_nfw_projected(x, tau):
     return truncated_nfw_projected_sq(x * x, tau)
 
 
-def truncated_nfw_total_mass_factor(tau):
-    """M_total / (4 pi rho_s r_s^3) of the truncated NFW (BMO 2009, eq. 10)."""
-    xp = namespace(tau)
-    t2 = tau**2
-    return t2 / (t2 + 1) ** 2 * ((t2 - 1) * xp.log(tau) + tau * math.pi - (t2 + 1))
-
-
 def nfw_mass_function(c):
     """m(c) = ln(1 + c) - c / (1 + c): NFW mass inside c r_s over 4 pi rho_s r_s^3."""
     xp = namespace(c)

@@ -18,7 +18,7 @@ from lensing.pinn.preprocess import prepare_input
 from lensing.pinn.refine import THETA_BOX, refine_theta
 from lensing.pinn.sampling import dropout_masks
 from lensing.pinn.train import load_config, train
-from lensing.predictor import MapGeometry, Predictor
+from lensing.pinn.predictor import MapGeometry, Predictor
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 4242  # never used by training (seed 3) or calibration (seed 10003)

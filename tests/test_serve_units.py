@@ -208,7 +208,7 @@ def test_an_internal_error_in_the_model_is_not_the_clients_fault(monkeypatch):
     from deployments.http.errors import InternalFailure
     from deployments.inference import Inference
     from deployments.pinn_pool import InferenceFailure, PINNPredictor
-    from lensing.predictor import Predictor
+    from lensing.pinn.predictor import Predictor
 
     pool = object.__new__(PINNPredictor.func_or_class)  # the replica's logic, without a Serve replica
     pool.predictor, pool.config = Predictor.from_package(device="cpu"), PoolBatching()

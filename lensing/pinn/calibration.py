@@ -13,17 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..cosmology import lens_geometry
-from ..grid import DEFAULT_FOV_KPC
-from .checkpoint import CARD_NAME, WEIGHTS_NAME, load_weights, write_card
+from ..cosmology import MapGeometry
+from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
-from .encoding import REPORTED, ThetaScaler, reported_array, reported_std_from_covariance
-from .model import PINN
-from .preprocess import prepare_input
-from .refine import refine_theta
-from .sampling import sample_theta, summarise
+from .encoding import REPORTED, reported_array
+from .predictor import Predictor
 
 CALIBRATION_SAMPLES = 50
 LEVELS = {"68": 0.6827, "95": 0.9545}
@@ -38,41 +33,36 @@ def interval_scales(errors: np.ndarray, raw_std: np.ndarray) -> dict:
     }
 
 
-def reported_truth(theta: torch.Tensor, fov_kpc: float) -> np.ndarray:
-    """Truths (B, 3) in the reported space for default geometry maps."""
-    return reported_array(theta.double().numpy(), lens_geometry(), fov_kpc)
+def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed: int, chunk: int = 250) -> dict:
+    """Fit interval scales for 'network' and 'refined' modes on smooth validation maps.
 
-
-def fit_calibration(
-    model: PINN, scaler: ThetaScaler, recipe: DataRecipe, n_maps: int, seed: int, chunk: int = 250
-) -> dict:
-    """Fit interval scales for 'network' and 'refined' modes on smooth validation maps."""
+    The maps go through the Predictor without calibration, whose half-widths are then the raw spreads.
+    """
+    raw = predictor.uncalibrated()
     rng = np.random.default_rng(seed)
-    errors, refined_errors, stds, refined_stds = [], [], [], []
-    geometry = lens_geometry()
+    geometry = MapGeometry()
+    errors: dict[bool, list] = {False: [], True: []}
+    spreads: dict[bool, list] = {False: [], True: []}
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
-        batch = make_batch(size, rng, recipe, geometry=geometry, fov_kpc=DEFAULT_FOV_KPC, noise_sigma=0.0,
+        batch = make_batch(size, rng, recipe, geometry=geometry.lens, fov_kpc=geometry.fov_kpc, noise_sigma=0.0,
                            scenario_fraction=0.0)
-        x = prepare_input(batch.maps, model.config.input_size)
-        theta, logits = sample_theta(model, x, CALIBRATION_SAMPLES, list(range(start, start + size)), scaler)
-        summary = summarise(theta, logits, geometry, DEFAULT_FOV_KPC)
-        truth = reported_truth(batch.theta, DEFAULT_FOV_KPC)
-        refined, covariance = refine_theta(torch.as_tensor(summary.theta_mean), batch.maps)
-        refined = refined.numpy()
-        errors.append(summary.reported_mean - truth)
-        refined_errors.append(reported_array(refined, geometry, DEFAULT_FOV_KPC) - truth)
-        stds.append(summary.reported_std)
-        refined_stds.append(reported_std_from_covariance(refined, covariance.numpy(), geometry, DEFAULT_FOV_KPC))
-    errors, refined_errors, stds, refined_stds = map(np.concatenate, (errors, refined_errors, stds, refined_stds))
+        truth = reported_array(batch.theta.double().numpy(), geometry.lens, geometry.fov_kpc)
+        maps = batch.maps.numpy().astype(np.float64)
+        for refine in (False, True):
+            result = raw.predict_batch(maps, geometry, CALIBRATION_SAMPLES, refine, list(range(start, start + size)))
+            errors[refine].append(result.centre - truth)
+            spreads[refine].append(result.half68)
+    fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]))
+              for refine in (False, True)}
     return {
         "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e); spread = MC Dropout std "
                   "(network) or Laplace std of the fit (refined); k = quantile of |err| / spread",
         "mc_samples": CALIBRATION_SAMPLES,
         "validation_maps": int(n_maps),
         "validation_seed": int(seed),
-        "network": interval_scales(errors, stds),
-        "refined": interval_scales(refined_errors, refined_stds),
+        "network": fitted[False],
+        "refined": fitted[True],
     }
 
 
@@ -86,10 +76,10 @@ def add_parser(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     directory = Path(args.weights)
-    model, card = load_weights(directory / WEIGHTS_NAME, directory / CARD_NAME)
-    scaler = ThetaScaler(**{k: tuple(v) for k, v in card["theta_scaler"].items()})
+    predictor = Predictor.from_files(directory / WEIGHTS_NAME, directory / CARD_NAME)
+    card = dict(predictor.card)
     recipe = DataRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["data_recipe"].items()})
-    card["calibration"] = fit_calibration(model, scaler, recipe, args.n, args.seed)
+    card["calibration"] = fit_calibration(predictor, recipe, args.n, args.seed)
     write_card(card, directory)
     print(json.dumps(card["calibration"]))
     return 0

@@ -7,7 +7,6 @@ M_vir and c follow from (kappa_s, r_s) through DESIGN.md section 3 (`mass_from_l
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +16,6 @@ from ..cosmology import LensGeometry
 from ..halo import mass_from_lensing
 from ..synthetic import HostBatch, kappa_s_of
 
-THETA_NAMES = ("log10_kappa_s", "log10_rs_over_fov", "e1", "e2")
 # Regressed quantities whose accuracy and coverage are reported, in the space the errors are measured.
 REPORTED = ("log10_M_vir", "log10_r_s", "ellipticity")
 
@@ -96,12 +94,3 @@ def reported_std_from_covariance(theta: np.ndarray, covariance: np.ndarray, geom
     jacobian = np.stack(columns, axis=-1)  # (B, 3, 4)
     variance = np.einsum("bik,bkl,bil->bi", jacobian, covariance, jacobian)
     return np.sqrt(np.clip(variance, 0.0, None))
-
-
-def position_angle_distance(a, b):
-    """Smallest difference (degrees) between two axis orientations defined modulo 180."""
-    d = (np.asarray(a) - np.asarray(b)) % 180.0
-    return np.minimum(d, 180.0 - d)
-
-
-LN10 = math.log(10.0)

@@ -19,26 +19,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from ..predictor import MapGeometry, Predictor, PredictionBatch
 from ..scenarios import SCENARIOS
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
+from .predictor import MapGeometry, Predictor
 
 OTHER_GEOMETRY = MapGeometry(fov_kpc=750.0, z_lens=0.35, z_source=1.2)
 NOISE_SIGMA = 0.01
 CHUNK = 250
-
-
-def _predicted(batch: PredictionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre and half-widths of the 68 % and 95 % intervals, in REPORTED space."""
-    v, u = batch.values, batch.uncertainties
-    centre = np.stack([np.log10(v["M_vir"]), np.log10(v["r_s"]), v["ellipticity"]], axis=-1)
-    half68 = np.stack([np.log10(u["M_vir_p84"]) - centre[:, 0], np.log10(u["r_s_p84"]) - centre[:, 1],
-                       u["ellipticity_p84"] - centre[:, 2]], axis=-1)
-    half95 = np.stack([np.log10(u["M_vir_p97_5"]) - centre[:, 0], np.log10(u["r_s_p97_5"]) - centre[:, 1],
-                       u["ellipticity_p97_5"] - centre[:, 2]], axis=-1)
-    return centre, half68, half95
 
 
 def run_set(predictor: Predictor, n: int, seed: int, geometry: MapGeometry, noise: float, scenario_fraction: float,
@@ -53,11 +42,10 @@ def run_set(predictor: Predictor, n: int, seed: int, geometry: MapGeometry, nois
                            noise_sigma=noise, scenario_fraction=scenario_fraction)
         result = predictor.predict_batch(batch.maps.numpy().astype(np.float64), geometry, mc_samples, refine,
                                          seed=list(range(seed * 1_000_003 + start, seed * 1_000_003 + start + size)))
-        centre, half68, half95 = _predicted(result)
         parts["truth"].append(reported_array(batch.theta.double().numpy(), geometry.lens, geometry.fov_kpc))
-        parts["centre"].append(centre)
-        parts["half68"].append(half68)
-        parts["half95"].append(half95)
+        parts["centre"].append(result.centre)
+        parts["half68"].append(result.half68)
+        parts["half95"].append(result.half95)
         parts["probs"].append(result.class_probs)
         parts["scenario"].append(batch.scenario.numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -39,6 +39,7 @@ from .data import DataRecipe, make_batch
 from .encoding import ThetaScaler
 from .model import PINN, PINNConfig
 from .physics import render_theta
+from .predictor import Predictor
 from .preprocess import normalise, prepare_input
 
 
@@ -145,7 +146,8 @@ def train(config: TrainConfig, output: Path, resume: bool = True, command: str =
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             save_training_checkpoint(checkpoint_path, model, optimizer, scheduler, step + 1, {"seed": config.seed})
     model.eval()
-    calibration = fit_calibration(model, scaler, recipe, n_maps=config.validation_maps, seed=config.seed + 10_000)
+    predictor = Predictor(model, {"theta_scaler": {"mean": scaler.mean, "scale": scaler.scale}})
+    calibration = fit_calibration(predictor, recipe, n_maps=config.validation_maps, seed=config.seed + 10_000)
     card = {
         "name": "PINN",
         "version": config.version,

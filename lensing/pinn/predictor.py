@@ -1,9 +1,11 @@
 """The Predictor: shipped PINN weights -> calibrated predictions for batches of convergence maps.
 
-This is the one inference entry point that the Serve deployment, the sweeps and `lensing evaluate`
-share. It loads verified safetensors weights, runs vectorised MC Dropout (encoder once, head T times),
-optionally refines with the physics renderer, applies the model card's calibration and returns
-physical parameters (M_vir, r_s, c, e, position angle) with 68 % / 95 % intervals and class statistics.
+This is the one inference entry point that the Serve deployment, the sweeps, calibration and
+`lensing evaluate` share. It loads verified safetensors weights, runs vectorised MC Dropout (encoder
+once, head T times), optionally refines with the physics renderer, applies the model card's calibration
+and returns the interval centres and half-widths in the space where errors are measured
+(log10 M, log10 r_s, e: `REPORTED`), from which the physical parameters (M_vir, r_s, c, e, position
+angle) and their 68 % / 95 % intervals are derived once.
 
 mc_samples = 1 means the deterministic network (dropout off): a point estimate with no uncertainties
 (with refine=True the uncertainties come from the fit's Laplace covariance instead).
@@ -11,6 +13,7 @@ mc_samples = 1 means the deterministic network (dropout off): a point estimate w
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,17 +23,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cosmology import MapGeometry
-from .limits import MC_SAMPLES, InputError, check_integer, check_maps
-from .halo import r200_from_mass
-from .pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
-from .pinn.encoding import REPORTED, ThetaScaler, physical_from_theta, reported_array, reported_std_from_covariance
-from .pinn.model import PINN
-from .pinn.preprocess import prepare_input
-from .pinn.refine import refine_theta
-from .pinn.sampling import sample_theta, summarise
-from .scenarios import SCENARIOS
+from ..cosmology import MapGeometry
+from ..halo import r200_from_mass
+from ..limits import MC_SAMPLES, InputError, check_integer, check_maps
+from ..scenarios import SCENARIOS
+from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
+from .encoding import REPORTED, ThetaScaler, physical_from_theta, reported_array, reported_std_from_covariance
+from .model import PINN
+from .preprocess import prepare_input
+from .refine import refine_theta
+from .sampling import sample_theta, summarise
 
+__all__ = ["DEVICES", "MapGeometry", "PredictionBatch", "Predictor", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
 # Largest raw spread (before calibration) of a refined (log10 M_vir, log10 r_s, e): "unconstrained". The
 # Laplace spread of a fit to a map that is no halo can be astronomically wide (10**spread overflows);
 # held-out halo maps give spreads orders of magnitude below it, so the cap never touches them.
@@ -39,14 +47,38 @@ OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentra
 INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity")  # order matches REPORTED
 
 
+def resolve_device(requested: str = "auto") -> str:
+    """'auto' or 'cuda' -> 'cuda' if torch sees a CUDA device, else 'cpu' (a warning when 'cuda' was asked).
+
+    The one place where the compute device is chosen: the Predictor and the Serve deployment both call it.
+    """
+    if requested not in DEVICES:
+        raise InputError("device", f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        logger.warning("device 'cuda' requested but torch sees no CUDA device; using the CPU")
+    return "cpu"
+
+
 def _check_mc_samples(mc_samples: int) -> int:
     return check_integer("mc_samples", mc_samples, MC_SAMPLES)
 
 
 @dataclass
 class PredictionBatch:
-    """Calibrated predictions for B maps (numpy arrays of shape (B,) unless noted)."""
+    """Calibrated predictions for B maps.
 
+    `centre`, `half68` and `half95` (B, 3) are the interval centres and half-widths in REPORTED space
+    (log10 M_vir, log10 r_s, e): what calibration and evaluation measure. `values` and `uncertainties`
+    (arrays of shape (B,)) are the physical parameters and intervals derived from them once.
+    """
+
+    centre: np.ndarray
+    half68: np.ndarray | None  # None when there are no uncertainties (mc_samples = 1 without refine)
+    half95: np.ndarray | None
     values: dict[str, np.ndarray]  # OUTPUT_PARAMETERS
     uncertainties: dict[str, np.ndarray] | None  # *_std, *_p16, *_p84, *_p2_5, *_p97_5
     class_probs: np.ndarray  # (B, C)
@@ -81,19 +113,22 @@ class PredictionBatch:
 
 
 class Predictor:
-    """PINN inference with calibrated MC Dropout and optional physics refinement."""
+    """PINN inference with calibrated MC Dropout and optional physics refinement.
 
-    def __init__(self, model: PINN, card: dict, device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    `card["calibration"]` holds the interval scales; a card without one gives raw spreads (k = 1), which
+    is what calibration itself measures.
+    """
+
+    def __init__(self, model: PINN, card: dict, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         self.card = card
-        self.device = device
         self.scaler = ThetaScaler(**{k: tuple(v) for k, v in card["theta_scaler"].items()})
-        self.calibration = card["calibration"]
+        self.calibration = card.get("calibration")
 
     @classmethod
     def from_files(cls, weights: str | Path, card: str | Path, device: str = "auto") -> "Predictor":
-        resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                ("cpu" if device == "auto" else device))
+        resolved = resolve_device(device)
         model, card_data = load_weights(Path(weights), Path(card), resolved)
         return cls(model, card_data, resolved)
 
@@ -101,6 +136,11 @@ class Predictor:
     def from_package(cls, device: str = "auto") -> "Predictor":
         """The weights shipped in lensing/weights (checksum verified)."""
         return cls.from_files(PACKAGE_WEIGHTS_DIR / WEIGHTS_NAME, PACKAGE_WEIGHTS_DIR / CARD_NAME, device)
+
+    def uncalibrated(self) -> "Predictor":
+        """The same network without calibration: its half-widths are the raw spreads (k = 1)."""
+        card = {key: value for key, value in self.card.items() if key != "calibration"}
+        return Predictor(self.model, card, self.device)
 
     def info(self) -> dict:
         size = self.model.config.input_size
@@ -142,11 +182,19 @@ class Predictor:
             centre = reported_array(centre_theta, geometry.lens, geometry.fov_kpc)
             spread = reported_std_from_covariance(centre_theta, covariance.numpy(), geometry.lens, geometry.fov_kpc)
             spread = np.minimum(np.nan_to_num(spread, nan=np.inf), UNCONSTRAINED_SPREAD)
-        scales = self.calibration["refined" if refine else "network"]
-        values, uncertainties = self._physical(centre, centre_theta, spread, scales, theta, geometry)
+        half68 = half95 = None
+        if mc_samples > 1 or refine:
+            half68, half95 = (self._scales(level, refine) * spread for level in ("68", "95"))
+        angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
+        values, uncertainties = _physical(centre, half68, half95, angle, geometry)
+        if uncertainties is not None:
+            uncertainties["position_angle_std"] = _axis_angle_std(theta)
         return PredictionBatch(
+            centre=centre,
+            half68=half68,
+            half95=half95,
             values=values,
-            uncertainties=uncertainties if (mc_samples > 1 or refine) else None,
+            uncertainties=uncertainties,
             class_probs=summary.class_probs,
             entropy=summary.entropy,
             mutual_information=summary.mutual_information,
@@ -154,34 +202,12 @@ class Predictor:
             refined=bool(refine),
         )
 
-    @staticmethod
-    def _physical(centre, centre_theta, raw_std, scales, theta, geometry: MapGeometry):
-        """Physical values and calibrated intervals from the centre and raw spread in REPORTED space."""
-        log_mass, log_rs, ellipticity = centre[:, 0], centre[:, 1], centre[:, 2]
-        mass, r_s = 10.0**log_mass, 10.0**log_rs
-        angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
-        values = {
-            "M_vir": mass,
-            "r_s": r_s,
-            "ellipticity": ellipticity,
-            "position_angle": angle,
-            "concentration": r200_from_mass(mass, geometry.lens.rho_crit) / r_s,
-        }
-        uncertainties: dict[str, np.ndarray] = {}
-        for i, name in enumerate(INTERVAL_PARAMETERS):
-            half68 = scales["68"][REPORTED[i]] * raw_std[:, i]
-            half95 = scales["95"][REPORTED[i]] * raw_std[:, i]
-            if name == "ellipticity":
-                to_physical, std = (lambda v: np.clip(v, 0.0, None)), half68
-            else:
-                to_physical, std = (lambda v: 10.0**v), values[name] * math.log(10.0) * half68
-            uncertainties[f"{name}_std"] = std
-            uncertainties[f"{name}_p16"] = to_physical(centre[:, i] - half68)
-            uncertainties[f"{name}_p84"] = to_physical(centre[:, i] + half68)
-            uncertainties[f"{name}_p2_5"] = to_physical(centre[:, i] - half95)
-            uncertainties[f"{name}_p97_5"] = to_physical(centre[:, i] + half95)
-        uncertainties["position_angle_std"] = _axis_angle_std(theta)
-        return values, uncertainties
+    def _scales(self, level: str, refine: bool) -> np.ndarray:
+        """Calibration factors k (one per REPORTED quantity) of a level and mode; ones without calibration."""
+        if not self.calibration:
+            return np.ones(len(REPORTED))
+        scales = self.calibration["refined" if refine else "network"][level]
+        return np.array([scales[name] for name in REPORTED])
 
     def predict(
         self,
@@ -224,6 +250,34 @@ class Predictor:
                         raise InputError("convergence_map", f"convergence_map {k}: the model's estimate is not finite for this map")
                     results[k] = record
         return results  # type: ignore[return-value]
+
+
+def _physical(centre: np.ndarray, half68: np.ndarray | None, half95: np.ndarray | None, angle: np.ndarray,
+              geometry: MapGeometry) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Physical values and intervals from centres and half-widths in REPORTED space (the one conversion)."""
+    log_mass, log_rs, ellipticity = centre[:, 0], centre[:, 1], centre[:, 2]
+    mass, r_s = 10.0**log_mass, 10.0**log_rs
+    values = {
+        "M_vir": mass,
+        "r_s": r_s,
+        "ellipticity": ellipticity,
+        "position_angle": angle,
+        "concentration": r200_from_mass(mass, geometry.lens.rho_crit) / r_s,
+    }
+    if half68 is None or half95 is None:
+        return values, None
+    uncertainties: dict[str, np.ndarray] = {}
+    for i, name in enumerate(INTERVAL_PARAMETERS):
+        if name == "ellipticity":
+            to_physical, std = (lambda v: np.clip(v, 0.0, None)), half68[:, i]
+        else:
+            to_physical, std = (lambda v: 10.0**v), values[name] * math.log(10.0) * half68[:, i]
+        uncertainties[f"{name}_std"] = std
+        uncertainties[f"{name}_p16"] = to_physical(centre[:, i] - half68[:, i])
+        uncertainties[f"{name}_p84"] = to_physical(centre[:, i] + half68[:, i])
+        uncertainties[f"{name}_p2_5"] = to_physical(centre[:, i] - half95[:, i])
+        uncertainties[f"{name}_p97_5"] = to_physical(centre[:, i] + half95[:, i])
+    return values, uncertainties
 
 
 def _axis_angle_std(theta: torch.Tensor) -> np.ndarray:
