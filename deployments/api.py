@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import middleware
+from . import middleware, ui
 from .codecs import (
     BODY_FORMATS, FITS, JSON, MAP_FORMATS, NPY, PNG, check_map, json_response, map_from_body, media_type, negotiate,
 )
@@ -96,7 +96,8 @@ def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
         yield
         await service.shutdown()
 
-    app = FastAPI(title="Lensing Serve", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Lensing Serve", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # ui.install serves both pages without a CDN
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     install_handlers(app)
     middleware.install(app, settings, service.record)
@@ -176,4 +177,5 @@ def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
     async def job(job_id: Annotated[str, Path(max_length=64)]) -> Response:
         return json_response(await service.job(job_id))
 
+    ui.install(app, settings)  # /docs and /redoc without a CDN
     return app
