@@ -177,5 +177,5 @@ def create_app(service: "Ingress", settings: AppSettings) -> FastAPI:
     async def job(job_id: Annotated[str, Path(max_length=64)]) -> Response:
         return json_response(await service.job(job_id))
 
-    ui.install(app, settings)  # /docs and /redoc without a CDN, /api/v1/models/card
+    ui.install(app, settings)  # /ui, /docs and /redoc without a CDN, /api/v1/models/card
     return app
