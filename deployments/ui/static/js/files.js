@@ -57,6 +57,7 @@ export function parseFits(buffer) {
   const ascii = new TextDecoder("ascii");
   let offset = 0;
   while (offset + FITS_BLOCK <= buffer.byteLength) {
+    const primary = offset === 0;
     const cards = {};
     let ended = false;
     while (!ended && offset + FITS_BLOCK <= buffer.byteLength) {
@@ -70,13 +71,13 @@ export function parseFits(buffer) {
       }
     }
     if (!ended) break;
-    if (offset === FITS_BLOCK && cards.SIMPLE !== true) throw new Error("not a FITS file");
+    if (primary && cards.SIMPLE !== true) throw new Error("not a FITS file");
     const naxis = cards.NAXIS || 0;
     const dims = Array.from({ length: naxis }, (_, k) => cards[`NAXIS${k + 1}`] || 0);
     const count = naxis ? dims.reduce((a, b) => a * b, 1) : 0;
     const [method, size] = FITS_TYPES[String(cards.BITPIX)] || [];
     if (!method) throw new Error(`unsupported BITPIX ${cards.BITPIX}`);
-    const isImage = offset === FITS_BLOCK || cards.XTENSION === "IMAGE";
+    const isImage = primary || cards.XTENSION === "IMAGE";
     if (isImage && count > 0) {
       const real = dims.filter((d) => d > 1);
       if (real.length !== 2) throw new Error(`the image is ${real.length}-D, a map is 2-D`);

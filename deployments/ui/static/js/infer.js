@@ -26,6 +26,7 @@ function fromCards(cards) {
   return { geometry, arcsecPerKpc, truth };
 }
 
+const share = (p) => (p < 0.001 ? "under 0.1 %" : percent(p));
 const clamp = (v, s) => Math.min(s.max ?? Infinity, Math.max(s.min ?? -Infinity, v));
 
 /**
@@ -204,7 +205,7 @@ export function setupInfer(panel, ctx) {
       residualView.show(residual.residual, { fovKpc: geometry.fov_kpc, arcsecPerKpc: input.arcsecPerKpc,
         title: `Residual: input − ${latest.name} estimate rendered` });
       residualNote.textContent = `Residual of the ${latest.name} estimate: RMS Δκ = ${num(residual.rms)} ` +
-        `(${percent(residual.rms / residual.inputRms)} of the input's RMS κ = ${num(residual.inputRms)}).`;
+        `(${share(residual.rms / residual.inputRms)} of the input's RMS κ = ${num(residual.inputRms)}).`;
     } catch (error) {
       residualBox.hidden = true;
       residualNote.textContent = `No residual: ${error.message}`;

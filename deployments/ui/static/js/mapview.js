@@ -6,9 +6,9 @@
 // lens geometry (pixel_scale_arcsec / pixel_scale_kpc of a /synthetic response or FITS header).
 
 import { RDBU, VIRIDIS, colour, makeScale, niceTicks, scaleTicks } from "./colormaps.js";
-import { el, num } from "./format.js";
+import { el, num, tick } from "./format.js";
 
-const WIDTH = 480, HEIGHT = 390;                  // CSS pixels of the whole figure
+const WIDTH = 500, HEIGHT = 390;                  // CSS pixels of the whole figure
 const PLOT = { x: 66, y: 12, size: 320 };         // the map's square
 const BAR = { x: PLOT.x + PLOT.size + 22, width: 14 };
 const INK = "#1f2328", FONT = "12px system-ui, sans-serif";
@@ -113,9 +113,9 @@ export class MapView {
       g.moveTo(PLOT.x - 5, y); g.lineTo(PLOT.x, y);
       g.stroke();
       g.textAlign = "center"; g.textBaseline = "top";
-      g.fillText(num(v), x, PLOT.y + PLOT.size + 7);
+      g.fillText(tick(v), x, PLOT.y + PLOT.size + 7);
       g.textAlign = "right"; g.textBaseline = "middle";
-      g.fillText(num(v), PLOT.x - 8, y);
+      g.fillText(tick(v), PLOT.x - 8, y);
     }
     g.textAlign = "center"; g.textBaseline = "alphabetic";
     g.fillText(`x (${unit})`, PLOT.x + PLOT.size / 2, PLOT.y + PLOT.size + 36);
@@ -140,7 +140,7 @@ export class MapView {
     for (const v of scaleTicks(scale)) {
       const y = top + (1 - scale.toUnit(v)) * height;
       g.beginPath(); g.moveTo(x + width, y); g.lineTo(x + width + 4, y); g.stroke();
-      g.fillText(num(v, 2), x + width + 6, y);
+      g.fillText(tick(Number(v.toPrecision(2))), x + width + 6, y);
     }
     g.textAlign = "center"; g.textBaseline = "bottom";
     g.fillText(this.diverging ? "Δκ" : "κ", x + width / 2, top + height + 22);

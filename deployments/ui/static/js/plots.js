@@ -35,11 +35,15 @@ function axis(values, a, b, log) {
   low -= pad; high += pad;
   const f = (v) => a + ((log ? Math.log10(v) : v) - low) / (high - low) * (b - a);
   const lo = log ? 10 ** low : low, hi = log ? 10 ** high : high;
-  // decades over a wide log range, else round linear steps
+  // a log axis ticks at 1, 2 and 5 times powers of ten (decades only when that gives too many);
+  // a narrow one, where those are too few, takes round linear steps
   let ticks = niceTicks(lo, hi, 4);
-  if (log && hi / lo > 20) {
-    ticks = [];
-    for (let e = Math.ceil(low); e <= Math.floor(high); e++) ticks.push(10 ** e);
+  if (log) {
+    const steps = [];
+    for (let e = Math.floor(low); e <= Math.ceil(high); e++) steps.push(...[1, 2, 5].map((m) => m * 10 ** e));
+    const inside = steps.filter((t) => t >= lo && t <= hi);
+    const decade = (t) => Math.abs(Math.log10(t) - Math.round(Math.log10(t))) < 1e-9;
+    if (inside.length >= 2) ticks = inside.length > 7 ? inside.filter(decade) : inside;
   }
   return { f, ticks: ticks.filter((t) => !log || t > 0) };
 }
