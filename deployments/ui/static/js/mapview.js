@@ -8,7 +8,7 @@
 import { RDBU, VIRIDIS, colour, makeScale, niceTicks, scaleTicks } from "./colormaps.js";
 import { el, num, tick } from "./format.js";
 
-const WIDTH = 500, HEIGHT = 390;                  // CSS pixels of the whole figure
+const WIDTH = 484, HEIGHT = 390;                  // CSS pixels of the whole figure
 const PLOT = { x: 66, y: 12, size: 320 };         // the map's square
 const BAR = { x: PLOT.x + PLOT.size + 22, width: 14 };
 const INK = "#1f2328", FONT = "12px system-ui, sans-serif";
