@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from ..settings import AppSettings
 from ..store import now_iso
-from . import middleware
+from . import middleware, ui
 from .codecs import (
     BODY_FORMATS,
     FITS,
@@ -138,7 +138,8 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
         yield
         await service.shutdown()
 
-    app = FastAPI(title="Lensing Serve", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Lensing Serve", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # ui.install serves both pages without a CDN
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     install_handlers(app)
     middleware.install(app, settings, service.record)
@@ -218,4 +219,5 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
     async def job(job_id: Annotated[str, Path(max_length=64)]) -> Response:
         return json_response(await service.job(job_id))
 
+    ui.install(app, settings)  # /ui, /docs and /redoc without a CDN, /api/v1/models/card
     return app
