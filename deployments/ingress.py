@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from .batches import BatchJobs
 from .generator import GeneratedMap
 from .http.api import create_app
+from .http.inference_body import InferenceInput
 from .http.schemas import BatchRequest, InferenceOptions, SyntheticRequest
 from .inference import Inference
 from .pinn_pool import PoolClient
@@ -68,6 +69,9 @@ class Ingress:
 
     async def infer(self, kappa: np.ndarray, options: InferenceOptions) -> dict:
         return await self.inference.infer(kappa, options)
+
+    async def infer_stack(self, request: InferenceInput) -> dict:
+        return await self.inference.infer_stack(request)
 
     async def submit_batch(self, spec: BatchRequest) -> dict:
         return await self.batches.submit(spec)

@@ -123,6 +123,11 @@ class PINNPredictor:
         logger.error("inference failed for one map: %s", type(exc).__name__, exc_info=exc)
         return InferenceFailure(f"inference failed: {type(exc).__name__}")
 
+    async def infer_stack(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """Results of one request's stack of maps, in order: computed together as one batch of their own
+        (a stack is a full batch already; splitting it into `infer` batches would only add per-batch cost)."""
+        return await self._run_batch(items)
+
     async def infer_many(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
         """Results of a group of maps, in order: each joins a shared batch (`infer` or `refine`)."""
         return await asyncio.gather(*(self.refine(item) if item.refine else self.infer(item) for item in items))
@@ -179,6 +184,10 @@ class PoolClient:
 
     async def infer(self, item: InferenceItem) -> dict | InferenceFailure:
         return await self._calls.submit(item)
+
+    async def infer_stack(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
+        """The pool's results for one request's stack of maps, in one call."""
+        return await self._pool.infer_stack.remote(items)
 
     async def model_info(self) -> dict | None:
         if self._model is None or time.monotonic() - self._model_at > MODEL_INFO_TTL_S:

@@ -73,6 +73,15 @@ class BatchJobSettings(_Settings):
     item_retries: int = Field(2, ge=0, description="retries of an item after an internal (non-input) error")
 
 
+class StackLimits(_Settings):
+    """How many maps one /api/v1/inference request may carry (a stack: npy (B, N, N), FITS cube, JSON list).
+
+    Beyond either limit the request gets 413; the body-size limit (`max_body_bytes`) still applies."""
+
+    max_maps: int = Field(256, ge=1, description="most maps in one request")
+    max_pixels: int = Field(256 * 64 * 64, ge=256, description="most pixels (all maps together) in one request")
+
+
 class PoolCallSettings(_Settings):
     """How an ingress replica groups the maps of concurrent requests into calls to the PINN pool."""
 
@@ -133,4 +142,5 @@ class AppSettings(_Settings):
     batch: BatchJobSettings = BatchJobSettings()
     predictor: PredictorSettings = PredictorSettings()
     pool: PoolCallSettings = PoolCallSettings()
+    stacks: StackLimits = StackLimits()
     security: SecuritySettings = SecuritySettings()

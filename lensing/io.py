@@ -161,6 +161,11 @@ def write_fits(path: PathLike, smap: SyntheticMap) -> None:
         handle.write(to_fits_bytes(smap))
 
 
+def fits_cards(header: fits.Header) -> dict:
+    """Our cards (`_CARDS`) that a header has, under their names in `SyntheticMap.geometry_dict()` etc."""
+    return {card.name: header[card.keyword] for card in _CARDS if card.keyword in header}
+
+
 def from_fits_bytes(data: bytes) -> tuple[np.ndarray, dict]:
     """Parse FITS bytes: (validated float64 map, header-derived dict); see `read_fits`."""
     try:
@@ -169,7 +174,7 @@ def from_fits_bytes(data: bytes) -> tuple[np.ndarray, dict]:
             if hdu is None:
                 raise InputError("body", "not a valid FITS map: no HDU holds image data")
             image = np.array(hdu.data)
-            info = {card.name: hdu.header[card.keyword] for card in _CARDS if card.keyword in hdu.header}
+            info = fits_cards(hdu.header)
     except (OSError, TypeError) as exc:  # astropy: OSError for a corrupt file, TypeError for truncated data
         raise InputError("body", f"not a valid FITS map (corrupt or truncated): {exc}") from None
     return validate_map(image, name="FITS image"), info

@@ -240,7 +240,7 @@ def hostile_bodies() -> list[tuple[str, str, bytes]]:
          b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }"
          + b" " * 42 + b"\n"),
         ("npy-over-max-side", "application/x-npy", npy(np.zeros((300, 300)))),
-        ("npy-3d", "application/x-npy", npy(np.zeros((2, 32, 32)))),
+        ("npy-4d", "application/x-npy", npy(np.zeros((2, 2, 32, 32)))),  # 3-D is a stack of maps
         ("npy-truncated", "application/x-npy", npy(np.zeros((32, 32)))[:200]),
         ("fits-garbage", "application/fits", b"SIMPLE  = T" + b" " * 5000),
     ]

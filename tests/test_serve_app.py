@@ -215,7 +215,7 @@ BAD_BINARY = [
     ("npy-garbage", NPY, b"not an npy file", {}, "body"),
     ("npy-nan", NPY, npy_bytes(np.where(np.eye(32) > 0, np.nan, 0.1)), {}, "body"),
     ("npy-non-square", NPY, npy_bytes(np.zeros((32, 16))), {}, "body"),
-    ("npy-3d", NPY, npy_bytes(np.zeros((2, 32, 32))), {}, "body"),
+    ("npy-4d", NPY, npy_bytes(np.zeros((2, 2, 32, 32))), {}, "body"),  # 3-D is a stack of maps
     ("npy-object", NPY, b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (2,), }" + b" " * 60
      + b"\n", {}, "body"),
     ("fits-garbage", FITS, b"SIMPLE  =  nonsense", {}, "body"),
@@ -231,6 +231,100 @@ def test_inference_rejects_bad_binary_with_422(live, case, content_type, body, p
                              headers={"Content-Type": content_type})
     assert response.status_code == 422, response.text
     assert any(field in d["loc"] for d in response.json()["detail"]), response.text
+
+
+# --- stacks of maps (bulk inference) ----------------------------------------------------------------
+
+
+def stack_maps() -> list[np.ndarray]:
+    """Three different halos on 64 x 64 grids."""
+    specs = [dict(M_vir=3e12, scale_radius=150.0), dict(M_vir=8e11, scale_radius=90.0, profile_type="Elliptical NFW",
+                                                        ellipticity=0.3, position_angle=40.0),
+             dict(M_vir=2e13, scale_radius=300.0, scenario="CDM", seed=5)]
+    return [generate_map(MapRequest(**spec)).convergence for spec in specs]
+
+
+def stack_fits(maps: list[np.ndarray]) -> bytes:
+    from astropy.io import fits
+
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(np.stack(maps)).writeto(buffer)
+    return buffer.getvalue()
+
+
+def test_stack_results_equal_single_map_results_for_the_same_seeds(live):
+    maps, seeds = stack_maps(), [11, 12, 13]
+    singles = [infer(live, kappa, mc_samples=10, seed=seed) for kappa, seed in zip(maps, seeds, strict=True)]
+    by_json = post_json(live, "/api/v1/inference", {"convergence_maps": [m.tolist() for m in maps],
+                                                    "mc_samples": 10, "seed": seeds})
+    params = [("mc_samples", 10), *(("seed", seed) for seed in seeds)]  # repeated: one value per map
+    by_npy = requests.post(live.url("/api/v1/inference"), params=params, data=npy_bytes(np.stack(maps)),
+                           headers={"Content-Type": NPY}, timeout=60)
+    by_fits = requests.post(live.url("/api/v1/inference"), params=params, data=stack_fits(maps),
+                            headers={"Content-Type": FITS}, timeout=60)
+    for response in (by_json, by_npy, by_fits):
+        assert response.status_code == 200, response.text
+        stack = response.json()
+        assert (stack["count"], stack["succeeded"], stack["failed"]) == (3, 3, 0)
+        for entry, single, seed in zip(stack["results"], singles, seeds, strict=True):
+            assert entry["status"] == 200 and entry["seed"] == seed
+            assert_same_result(entry, single)
+    job = requests.get(live.url(f"/api/v1/jobs/{by_npy.json()['job_id']}"), timeout=30).json()
+    assert job["kind"] == "inference_stack" and len(job["result"]["results"]) == 3
+
+
+def test_stack_results_as_npy_and_fits_tables(live):
+    from astropy.io import fits
+
+    maps = stack_maps()
+    body = {"convergence_maps": [m.tolist() for m in maps], "mc_samples": [5, 10, 20], "seed": 3}
+    entries = post_json(live, "/api/v1/inference", body).json()["results"]
+    table = np.load(io.BytesIO(post_json(live, "/api/v1/inference", body, headers={"Accept": NPY}).content),
+                    allow_pickle=False)
+    fits_table = fits.open(io.BytesIO(post_json(live, "/api/v1/inference", body, headers={"Accept": FITS}).content))
+    rows = fits_table["RESULTS"].data
+    for k, entry in enumerate(entries):
+        for source in (table, rows):
+            assert source["index"][k] == k and source["status"][k] == 200 and source["seed"][k] == 3
+            assert source["mc_samples"][k] == (5, 10, 20)[k]
+            assert source["M_vir"][k] == pytest.approx(entry["predictions"]["M_vir"], rel=1e-12)
+            assert source["M_vir_p84"][k] == pytest.approx(entry["uncertainties"]["M_vir_p84"], rel=1e-12)
+            label = source["predicted_class"][k]  # bytes from numpy, str from astropy
+            assert (label.decode() if isinstance(label, bytes) else label) == entry["predicted_class"]
+
+
+def test_a_mixed_stack_answers_the_good_maps_and_names_the_bad_one(live):
+    maps = stack_maps()
+    maps[1] = np.where(np.eye(64) > 0, np.nan, maps[1])
+    response = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 5, "seed": 1},
+                             data=npy_bytes(np.stack(maps)), headers={"Content-Type": NPY}, timeout=60)
+    assert response.status_code == 207, response.text
+    stack = response.json()
+    assert [e["status"] for e in stack["results"]] == [200, 422, 200] and stack["failed"] == 1
+    [detail] = stack["results"][1]["detail"]
+    assert detail["loc"] == ["body", 1] and "NaN" in detail["msg"]
+    json_maps = [m.tolist() for m in stack_maps()]
+    json_maps[2][0][0] = True  # strict JSON: a boolean is not a number, in map 2 only
+    response = post_json(live, "/api/v1/inference", {"convergence_maps": json_maps, "mc_samples": [5, 0, 5]})
+    assert response.status_code == 207, response.text  # map 1's mc_samples and map 2 itself are invalid
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 422, 422]
+    assert any(d["loc"] == ["body", "mc_samples", 1] for d in results[1]["detail"])
+    assert all(d["loc"][:3] == ["body", "convergence_maps", 2] for d in results[2]["detail"])
+    response = post_json(live, "/api/v1/inference", {"convergence_maps": json_maps[1:], "mc_samples": [0, 5]})
+    assert response.status_code == 422 and [r["status"] for r in response.json()["results"]] == [422, 422]
+
+
+def test_stack_limits_and_per_map_option_lengths(live):
+    too_many = npy_bytes(np.full((257, 16, 16), 0.01))  # default limit: 256 maps
+    response = requests.post(live.url("/api/v1/inference"), data=too_many, headers={"Content-Type": NPY}, timeout=60)
+    assert response.status_code == 413 and "256 maps" in response.json()["detail"], response.text
+    too_big = npy_bytes(np.full((80, 128, 128), 0.01, dtype=np.float32))  # 1.3 M pixels > 256 x 64 x 64
+    response = requests.post(live.url("/api/v1/inference"), data=too_big, headers={"Content-Type": NPY}, timeout=60)
+    assert response.status_code == 413 and "pixels" in response.json()["detail"], response.text
+    maps = [m.tolist() for m in stack_maps()]
+    response = post_json(live, "/api/v1/inference", {"convergence_maps": maps, "seed": [1, 2]})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "seed"], response.text
 
 
 BAD_SYNTHETIC = [

@@ -23,19 +23,21 @@ from ..settings import AppSettings
 from ..store import now_iso
 from . import middleware, ui
 from .codecs import (
-    BODY_FORMATS,
     FITS,
     JSON,
     MAP_FORMATS,
     NPY,
     PNG,
-    check_map,
+    TABLE_FORMATS,
     json_response,
-    map_from_body,
     media_type,
     negotiate,
+    results_table,
+    table_fits_bytes,
+    table_npy_bytes,
 )
 from .errors import InvalidInput, from_validation_error, install_handlers, unprocessable
+from .inference_body import InferenceInput, read_inference
 from .schemas import (
     API_VERSION,
     BatchRequest,
@@ -50,6 +52,8 @@ from .schemas import (
     ModelInfo,
     Models,
     Root,
+    StackRequest,
+    StackResponse,
     Stats,
     SyntheticRequest,
     SyntheticResponse,
@@ -69,6 +73,7 @@ class Service(Protocol):
     async def stats(self) -> dict: ...
     async def synthesize(self, spec: SyntheticRequest, fmt: str) -> tuple[str, GeneratedMap]: ...
     async def infer(self, kappa: np.ndarray, options: InferenceOptions) -> dict: ...
+    async def infer_stack(self, request: InferenceInput) -> dict: ...
     async def submit_batch(self, spec: BatchRequest) -> dict: ...
     async def batch_status(self, batch_id: str) -> dict: ...
     async def job(self, job_id: str) -> dict: ...
@@ -89,37 +94,52 @@ MAP_RESPONSES: Responses = {
 INFERENCE_BODY = {
     "requestBody": {
         "required": True,
-        "description": "a square kappa map, 16..512 pixels a side: JSON (with the options as fields), or "
-                       ".npy / FITS bytes (options as query parameters; FITS header cards give the geometry)",
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}, NPY: BINARY, FITS: BINARY},
+        "description": "a square kappa map, 16..512 pixels a side, or a stack of them: JSON (one map in "
+                       "`convergence_map`, or a stack in `convergence_maps`, with the options as fields), or "
+                       ".npy / FITS bytes (one 2-D map, an npy (B, N, N) stack, a FITS cube or several image "
+                       "HDUs; options as query parameters, repeated for one value per map; FITS header cards "
+                       "give the geometry)",
+        "content": {JSON: {"schema": {"oneOf": [{"$ref": "#/components/schemas/InferenceRequest"},
+                                                {"$ref": "#/components/schemas/StackRequest"}]}},
+                    NPY: BINARY, FITS: BINARY},
     }
 }
 
 
 def _openapi(app: FastAPI) -> dict:
-    """FastAPI's document plus the InferenceRequest schema that /inference's hand-written body refers to."""
+    """FastAPI's document plus the request schemas that /inference's hand-written body refers to."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        extra = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(extra.pop("$defs", {}))
-        components["InferenceRequest"] = extra
+        for model in (InferenceRequest, StackRequest):
+            extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(extra.pop("$defs", {}))
+            components[model.__name__] = extra
         app.openapi_schema = schema
     return app.openapi_schema
 
 
-def _inference_input(content_type: str, body: bytes, query: InferenceOptions,
-                     max_side: int) -> tuple[np.ndarray, InferenceOptions]:
-    """(map, options) from a JSON body, or from an npy/FITS body plus query (FITS cards fill unset geometry)."""
-    if content_type in (JSON, ""):
-        request = InferenceRequest.model_validate_json(body)
-        options = InferenceOptions.model_validate(request.model_dump(exclude={"convergence_map"}))
-        return check_map(request.convergence_map, max_side=max_side), options
-    if content_type not in BODY_FORMATS:
-        raise HTTPException(415, f"Content-Type must be one of {', '.join(BODY_FORMATS)}, got {content_type!r}")
-    kappa, cards = map_from_body(content_type, body, max_side)
-    unset = {k: v for k, v in cards.items() if k not in query.model_fields_set}
-    return kappa, InferenceOptions.model_validate(query.model_dump() | unset) if unset else query
+def stack_status(response: dict) -> int:
+    """200 when every map of a stack has a result, 207 when some do; when none does, 422 (all invalid) or
+    500 (one failed by our fault)."""
+    if response["failed"] == 0:
+        return 200
+    if response["succeeded"]:
+        return 207
+    return 500 if any(entry["status"] == 500 for entry in response["results"]) else 422
+
+
+def stack_response(response: dict, fmt: str) -> Response:
+    """A stack's response as JSON (the default), or its results table as .npy or a FITS binary table."""
+    status, headers = stack_status(response), {"X-Job-Id": response["job_id"]}
+    if fmt == JSON:
+        return json_response(response, status, headers)
+    table = results_table(response["results"])
+    if fmt == NPY:
+        return Response(table_npy_bytes(table), status, headers, media_type=NPY)
+    cards = {"JOB_ID": response["job_id"], "MODEL": response["model"]["name"],
+             "MODELVER": response["model"]["version"]}
+    return Response(table_fits_bytes(table, cards), status, headers, media_type=FITS)
 
 
 def _error_loc(is_json: bool, loc: tuple) -> list:
@@ -193,14 +213,20 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
         }, headers=headers)
 
     @app.post("/api/v1/inference", response_model=InferenceResponse, openapi_extra=INFERENCE_BODY,
-              responses={415: {"model": Error}, 503: {"model": Error}, **ERRORS})
+              responses={207: {"model": StackResponse, "description": "a stack: some maps have no result"},
+                         406: {"model": Error}, 415: {"model": Error}, 503: {"model": Error}, **ERRORS})
     async def inference(request: Request, query: Annotated[InferenceOptions, Query()]) -> Response:
         content_type = media_type(request.headers.get("content-type"))
         is_json = content_type in (JSON, "")
         try:
-            kappa, options = _inference_input(content_type, await request.body(), query,
-                                              settings.security.max_map_side)
-            result = await service.infer(kappa, options)
+            parsed = read_inference(content_type, await request.body(), query, request.query_params.multi_items(),
+                                    settings.security.max_map_side, settings.stacks)
+            if parsed.stacked:
+                fmt = negotiate(request.headers.get("accept"), TABLE_FORMATS)
+                if fmt is None:
+                    raise HTTPException(406, f"Accept must allow one of {', '.join(TABLE_FORMATS)}")
+                return stack_response(await service.infer_stack(parsed), fmt)
+            result = await service.infer(parsed.maps[0], parsed.options[0])  # type: ignore[arg-type]
         except ValidationError as exc:
             return from_validation_error(exc, ("body",) if is_json else ("query",))
         except InvalidInput as exc:

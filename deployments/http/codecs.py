@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pydantic_core
@@ -17,10 +18,11 @@ from astropy.io import fits
 from numpy.lib import format as npy_format
 from starlette.responses import Response
 
-from lensing.io import from_fits_bytes, from_npy_bytes, validate_map
+from lensing.io import fits_cards, from_npy_bytes, validate_map
 from lensing.limits import InputError, check_kappa_domain
 
-from .errors import InvalidInput
+from ..settings import StackLimits
+from .errors import InvalidInput, PayloadTooLarge
 from .schemas import MAP_SIDES
 
 JSON = "application/json"
@@ -29,6 +31,7 @@ FITS = "application/fits"
 PNG = "image/png"
 MAP_FORMATS = (JSON, NPY, FITS, PNG)
 BODY_FORMATS = (JSON, NPY, FITS)
+TABLE_FORMATS = (JSON, NPY, FITS)  # a stack's results: JSON entries, or a table as .npy or a FITS binary table
 
 
 def media_type(content_type: str | None) -> str:
@@ -111,8 +114,9 @@ def check_map(kappa, loc: Sequence[str | int] = ("convergence_map",),
     return kappa
 
 
-def declared_shape(content_type: str, body: bytes) -> tuple[int, ...] | None:
-    """The array shape an npy header or the first FITS image header declares, read before any data."""
+def declared_shapes(content_type: str, body: bytes) -> list[tuple[int, ...]] | None:
+    """The array shapes the npy header or every FITS image header declares, read before any data
+    (None: unreadable headers, reported by the full decoder)."""
     try:
         if content_type == NPY:
             buffer = io.BytesIO(body)
@@ -121,36 +125,157 @@ def declared_shape(content_type: str, body: bytes) -> tuple[int, ...] | None:
             if version not in read_header:
                 return None
             shape, _, _ = read_header[version](buffer)
-            return tuple(shape)
-        with fits.open(io.BytesIO(body)) as hdus:
-            for hdu in hdus:  # headers only: data are read lazily
-                naxis = int(hdu.header.get("NAXIS", 0))
-                if hdu.is_image and naxis > 0:
-                    return tuple(int(hdu.header.get(f"NAXIS{axis}", 0)) for axis in range(naxis, 0, -1))
-    except Exception:  # noqa: BLE001 - unreadable headers are reported by the full decoder below
+            return [tuple(shape)]
+        with fits.open(io.BytesIO(body)) as hdus:  # headers only: data are read lazily
+            shapes = [tuple(int(hdu.header.get(f"NAXIS{axis}", 0)) for axis in range(naxis, 0, -1))
+                      for hdu in hdus if hdu.is_image and (naxis := int(hdu.header.get("NAXIS", 0))) > 0]
+        return shapes or None
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the full decoder
         return None
-    return None
 
 
-def map_from_body(content_type: str, body: bytes,
-                  max_side: int = MAP_SIDES[1]) -> tuple[np.ndarray, dict]:
-    """Decode an npy or FITS body: (map, geometry cards found in a FITS header).
+@dataclass
+class BodyMaps:
+    """The maps of an npy or FITS body, before validation, and the geometry cards each one's header gives."""
 
-    The declared shape is checked first, so an oversized or 3-D array is refused before it is decoded.
+    maps: list[np.ndarray]
+    cards: list[dict]
+    stacked: bool  # a stack (npy (B, N, N), a FITS cube or several image HDUs), answered with a table
+
+
+def _check_declared(shapes: list[tuple[int, ...]], max_side: int, limits: StackLimits) -> None:
+    """Refuse, before decoding, a body whose declared arrays break the side rule or the stack limits."""
+    planes = []
+    for shape in shapes:
+        if len(shape) not in (2, 3):
+            raise InvalidInput((), f"body must hold 2-D maps or a 3-D stack (B, N, N), got shape {shape}")
+        planes += [shape[-2:]] * (shape[0] if len(shape) == 3 else 1)
+        if (reason := check_side(shape[-2:], "body", max_side)) is not None:
+            raise InvalidInput((), reason)
+    check_stack_size(len(planes), sum(a * b for a, b in planes), limits)
+
+
+def check_stack_size(count: int, pixels: int, limits: StackLimits) -> None:
+    """413 (PayloadTooLarge) past the configured number of maps or pixels in one request."""
+    if count > limits.max_maps:
+        raise PayloadTooLarge(f"a request holds at most {limits.max_maps} maps, got {count}")
+    if pixels > limits.max_pixels:
+        raise PayloadTooLarge(f"a request holds at most {limits.max_pixels} pixels, got {pixels}")
+
+
+def _geometry_cards(info: dict) -> dict:
+    return {key: info[key] for key in ("fov_kpc", "z_lens", "z_source") if info.get(key) is not None}
+
+
+def maps_from_body(content_type: str, body: bytes, max_side: int, limits: StackLimits) -> BodyMaps:
+    """Decode an npy or FITS body into its maps: one 2-D map, an npy stack (B, N, N), a FITS cube (each
+    plane a map, sharing the header) or several FITS image HDUs (each with its own header's cards).
+
+    Declared shapes are checked first, so an oversized array is refused before it is decoded. A single map
+    is validated here (InvalidInput at the body); the maps of a stack are validated one by one later, so
+    that one bad map gets its own error while the others are answered.
     """
-    shape = declared_shape(content_type, body)
-    if shape is not None and (reason := check_side(shape, "body", max_side)) is not None:
-        raise InvalidInput((), reason)
+    if (shapes := declared_shapes(content_type, body)) is not None:
+        _check_declared(shapes, max_side, limits)
+    if content_type == NPY:
+        try:
+            array = from_npy_bytes(body) if shapes and len(shapes[0]) == 2 else _npy_stack(body)
+        except ValueError as exc:
+            raise InvalidInput((), str(exc)) from None
+        if array.ndim == 2:
+            return BodyMaps([check_map(array, (), max_side)], [{}], stacked=False)
+        return BodyMaps(list(array), [{}] * len(array), stacked=True)
+    images = _fits_images(body)
+    if len(images) == 1 and images[0][0].ndim == 2:
+        image, info = images[0]
+        try:
+            kappa = validate_map(image, name="FITS image")
+        except InputError as exc:
+            raise InvalidInput((), str(exc)) from None
+        return BodyMaps([check_map(kappa, (), max_side)], [_geometry_cards(info)], stacked=False)
+    maps, cards = [], []
+    for image, info in images:
+        planes = list(image) if image.ndim == 3 else [image]
+        maps += planes
+        cards += [_geometry_cards(info)] * len(planes)
+    return BodyMaps(maps, cards, stacked=True)
+
+
+def _npy_stack(body: bytes) -> np.ndarray:
+    """A 3-D numeric npy array (no pickles), else ValueError."""
     try:
-        cards: dict = {}
-        if content_type == NPY:
-            kappa = from_npy_bytes(body)
-        else:
-            kappa, cards = from_fits_bytes(body)
-    except ValueError as exc:
-        raise InvalidInput((), str(exc)) from None
-    geometry = {key: cards[key] for key in ("fov_kpc", "z_lens", "z_source") if cards.get(key) is not None}
-    return check_map(kappa, (), max_side), geometry
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise ValueError(f"not a valid .npy map: {exc}") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 3:
+        raise ValueError("not a valid .npy stack: expected one array of shape (B, N, N)")
+    return array
+
+
+def _fits_images(body: bytes) -> list[tuple[np.ndarray, dict]]:
+    """(image data, our header cards) of every FITS HDU that holds image data, in order."""
+    try:
+        with fits.open(io.BytesIO(body)) as hdus:
+            images = [(np.array(hdu.data), fits_cards(hdu.header)) for hdu in hdus
+                      if hdu.is_image and hdu.data is not None]
+    except (OSError, TypeError) as exc:  # astropy: OSError for a corrupt file, TypeError for truncated data
+        raise InvalidInput((), f"not a valid FITS map (corrupt or truncated): {exc}") from None
+    if not images:
+        raise InvalidInput((), "not a valid FITS map: no HDU holds image data")
+    for image, _ in images:
+        if image.ndim not in (2, 3):
+            raise InvalidInput((), f"FITS images must be 2-D maps or 3-D cubes, got shape {image.shape}")
+    return images
+
+
+def results_table(entries: list[dict]) -> np.ndarray:
+    """The entries of a stack response as a structured numpy array, one row per map: index, status, seed,
+    mc_samples, refined, every prediction and uncertainty, prob_<class>, predicted_class, entropy and
+    mutual information (NaN, -1 or empty where a map has no result)."""
+    done = [e for e in entries if e["status"] == 200]
+    predictions = list(done[0]["predictions"]) if done else []
+    uncertainties = sorted({key for e in done for key in (e.get("uncertainties") or {})})
+    classes = list(done[0]["classification"]) if done else []
+    columns = [("index", "i8"), ("status", "i4"), ("seed", "i8"), ("mc_samples", "i4"), ("refined", "?")]
+    columns += [(name, "f8") for name in (*predictions, *uncertainties)]
+    columns += [(f"prob_{name}", "f8") for name in classes]
+    columns += [("predicted_class", "S16"), ("entropy", "f8"), ("mutual_information", "f8")]
+    table = np.zeros(len(entries), dtype=columns)
+    for name, kind in columns:
+        if kind == "f8":
+            table[name] = np.nan
+    table["seed"], table["mc_samples"] = -1, -1
+    for row, entry in zip(table, entries, strict=True):
+        row["index"], row["status"] = entry["index"], entry["status"]
+        if entry.get("seed") is not None:
+            row["seed"] = entry["seed"]
+        if entry["status"] != 200:
+            continue
+        row["mc_samples"], row["refined"] = entry["mc_samples"], entry["refined"]
+        for name, value in {**entry["predictions"], **(entry.get("uncertainties") or {})}.items():
+            row[name] = value
+        for name, value in entry["classification"].items():
+            row[f"prob_{name}"] = value
+        row["predicted_class"] = entry["predicted_class"].encode()
+        row["entropy"], row["mutual_information"] = entry["entropy"], entry["mutual_information"]
+    return table
+
+
+def table_npy_bytes(table: np.ndarray) -> bytes:
+    """A structured array as .npy bytes (readable with np.load(..., allow_pickle=False))."""
+    buffer = io.BytesIO()
+    np.save(buffer, table, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def table_fits_bytes(table: np.ndarray, header_cards: dict[str, object]) -> bytes:
+    """A structured array as a FITS binary table (extension RESULTS) behind an empty primary HDU."""
+    hdu = fits.BinTableHDU(table, name="RESULTS")
+    for keyword, value in header_cards.items():
+        hdu.header[keyword] = value
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+    return buffer.getvalue()
 
 
 def json_response(payload: object, status_code: int = 200, headers: dict | None = None) -> Response:

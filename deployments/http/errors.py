@@ -59,8 +59,12 @@ class Unavailable(RuntimeError):
     """A dependency (the PINN pool) is not ready (503)."""
 
 
-class BodyTooLarge(Exception):
-    """A request body past the configured limit (413)."""
+class PayloadTooLarge(Exception):
+    """A request past a configured size limit (413): its body, or the maps of a stack."""
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """A request body past `max_body_bytes`."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body larger than {limit} bytes")
@@ -109,7 +113,7 @@ def install_handlers(app: FastAPI) -> None:
     async def unknown_id(_: Request, exc: UnknownId) -> Response:
         return JSONResponse({"detail": str(exc)}, 404)
 
-    async def too_large(_: Request, exc: BodyTooLarge) -> Response:
+    async def too_large(_: Request, exc: PayloadTooLarge) -> Response:
         return JSONResponse({"detail": str(exc)}, 413)
 
     async def unavailable(_: Request, exc: Unavailable) -> Response:
@@ -131,7 +135,7 @@ def install_handlers(app: FastAPI) -> None:
 
     handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]] = {
         RequestValidationError: request_validation, InvalidInput: invalid_input, UnknownId: unknown_id,
-        BodyTooLarge: too_large, Unavailable: unavailable, HTTPException: http_error, Exception: internal,
+        PayloadTooLarge: too_large, Unavailable: unavailable, HTTPException: http_error, Exception: internal,
     }
     for exception_type, handler in handlers.items():
         app.add_exception_handler(exception_type, handler)

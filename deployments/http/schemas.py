@@ -183,6 +183,27 @@ class InferenceResponse(InferenceResult):
     timestamp: str
 
 
+# Options of /api/v1/inference that a stack may give per map, as a list with one value per map.
+PER_MAP_OPTIONS = ("fov_kpc", "z_lens", "z_source", "mc_samples", "seed", "refine")
+
+
+class StackRequest(_Model):
+    """JSON body of /api/v1/inference for a stack of maps: `convergence_maps` (each a square map, 16..512
+    pixels a side) and the options of InferenceRequest, each either one value for every map or a list with
+    one value per map. Each map is validated on its own: a bad one gets its own 422 entry in the response."""
+
+    model_config = ConfigDict(strict=True)
+
+    convergence_maps: list[MapRows] = Field(min_length=1)
+    target_size: Integer | list[Integer] = 64
+    mc_samples: Integer | list[Integer] = DEFAULT_MC_SAMPLES
+    seed: Seed | None | list[Seed | None] = None
+    refine: bool | list[bool] = False
+    fov_kpc: float | list[float] = DEFAULT_FOV_KPC
+    z_lens: float | list[float] = DEFAULT_Z_LENS
+    z_source: float | list[float] = DEFAULT_Z_SOURCE
+
+
 class BatchMap(Geometry):
     model_config = ConfigDict(strict=True)
 
@@ -302,3 +323,33 @@ class ErrorItem(BaseModel):
 class Error(BaseModel):
     detail: str | list[ErrorItem]
     request_id: str | None = Field(None, description="on a 500: the id under which the error was logged")
+
+
+class StackEntry(BaseModel):
+    """One map of a stack: its result (status 200) or why it has none (status 422 or 500, `detail`)."""
+
+    index: int
+    status: int = Field(description="200, 422 (this map is invalid) or 500 (an internal fault)")
+    seed: int | None = None
+    detail: list[ErrorItem] | str | None = None
+    predictions: dict[str, float] | None = None
+    uncertainties: dict[str, float] | None = None
+    classification: dict[str, float] | None = None
+    predicted_class: str | None = None
+    entropy: float | None = None
+    mutual_information: float | None = None
+    mc_samples: int | None = None
+    refined: bool | None = None
+
+
+class StackResponse(BaseModel):
+    """/api/v1/inference for a stack: one entry per map, in order. Status 200 when every map has a result,
+    207 when some do, 422 when every map is invalid (500 when every map failed and one of them by our fault)."""
+
+    job_id: str
+    count: int
+    succeeded: int
+    failed: int
+    results: list[StackEntry]
+    model: ModelRef
+    timestamp: str
