@@ -25,6 +25,7 @@ KEY_FILE_RAW = "raw-key-in-file-0123456789"
 KEY_FILE_HASHED = "hashed-key-in-file-0123456789"
 KEY_ENV = "key-from-environment-0123456789"
 KEY_LIMITED = "key-for-the-rate-limit-0123456789"
+KEY_CLIENT = "key-of-the-python-client-0123456789"
 ORIGIN = "https://allowed.example"
 LIVE_RATE_LIMIT = {"requests_per_s": 2.0, "burst": 50}  # the live service's limits, per key or client address
 TRACE_MARKERS = ("Traceback", 'File "', "site-packages", ".py\", line")
@@ -155,7 +156,8 @@ def test_middleware_order_cors_preflight_and_500s_without_traces(monkeypatch):
 def secured(tmp_path_factory) -> LiveService:
     workdir = tmp_path_factory.mktemp("security")
     key_file = workdir / "api_keys"
-    key_file.write_text(f"{sha256_line(KEY_FILE_HASHED)}\n{KEY_FILE_RAW}\n{sha256_line(KEY_LIMITED)}\n")
+    key_file.write_text(f"{sha256_line(KEY_FILE_HASHED)}\n{KEY_FILE_RAW}\n{sha256_line(KEY_LIMITED)}\n"
+                        f"{sha256_line(KEY_CLIENT)}\n")
 
     def secure(config: dict) -> None:
         application = config["applications"][0]
@@ -286,3 +288,52 @@ def test_open_paths_are_limited_per_client_address(secured):
     assert set(keyless) <= {401, 429}, keyless
     assert keyless.count(401) <= 1 + refilled, (keyless, refilled)
     assert requests.get(secured.url("/api/v1/models"), headers=bearer(KEY_ENV), timeout=30).status_code == 200
+
+
+# --- the Python client against this deployment (keys and a rate limit on) -----------------------------
+
+
+def same_predictions(a: dict, b: dict) -> bool:
+    """Equal up to float32 round-off; a round halo's position angle is ill-posed and gets 0.01 degree."""
+    return all(a["predictions"][name] == pytest.approx(value, rel=1e-5, abs=1e-2 if name == "position_angle" else 0)
+               for name, value in b["predictions"].items())
+
+
+@pytest.mark.slow  # a deployed app
+def test_client_generates_infers_and_runs_a_batch(secured, tmp_path):
+    from lensing.client import APIError, Client
+
+    client = Client(secured.base_url, api_key=KEY_CLIENT)
+    kappa = client.synthetic_map(mass=2e12, scale_radius=150.0, seed=4)
+    assert kappa.shape == (64, 64)
+    full = client.synthetic(mass=2e12, scale_radius=150.0, seed=4)
+    assert np.array_equal(full["convergence_map"], kappa) and full["parameters"]["M_vir"] == 2e12
+    single = client.infer(kappa, mc_samples=10, seed=7)
+    assert single["seed"] == 7 and single["predictions"]["M_vir"] == pytest.approx(2e12, rel=0.3)
+    stack = client.infer([kappa, kappa], mc_samples=10, seed=[7, 8])
+    assert [e["status"] for e in stack["results"]] == [200, 200]
+    assert same_predictions(stack["results"][0], single)
+    path = tmp_path / "halo.fits"
+    client.synthetic_fits(path, mass=2e12, scale_radius=150.0, seed=4)
+    from_file = client.infer(path, mc_samples=10, seed=7)
+    assert same_predictions(from_file, single)
+    batch = client.batch(synthetic=[{"mass": 1e12}, {"mass": 5e12}], mc_samples=5)
+    status = client.wait(batch["batch_id"], timeout=120, progress=False)
+    assert status["status"] == "completed" and status["progress"] == 100.0
+    with pytest.raises(APIError) as error:
+        client.infer(np.full((8, 8), 0.1))
+    assert error.value.status == 422 and error.value.detail[0]["loc"] == ["body"]
+    with pytest.raises(APIError) as error:
+        Client(secured.base_url).models()
+    assert error.value.status == 401
+
+
+@pytest.mark.slow  # a deployed app
+def test_client_waits_out_a_429_and_retries(secured):
+    from lensing.client import Client
+
+    url, headers = secured.url("/api/v1/models"), bearer(KEY_CLIENT)
+    statuses = [requests.get(url, headers=headers, timeout=30).status_code for _ in range(80)]
+    assert 429 in statuses  # the key's bucket is empty now
+    client = Client(secured.base_url, api_key=KEY_CLIENT)
+    assert client.models()["models"] and client.retries >= 1  # answered after Retry-After, not an error
