@@ -3,19 +3,23 @@
 Servers, each loaded alone, all on 127.0.0.1:
   (a) original   single-process FastAPI built the replaced system's way: MC Dropout as a loop, JSON only
   (b) fastapi    the same FastAPI service calling our vectorised Predictor (JSON only)
-  (c) noop       a Ray Serve endpoint that does nothing: the framework's floor
-  (d) floor      the in-process batched Predictor (32 maps per call): the compute floor, maps/s
+  (c) noop       a Ray Serve endpoint that does nothing, on the same proxy: the framework's floor
+  (d) floor      the in-process Predictor on the 64 maps of a bulk request per call (the faster of 1 and 2
+                 torch threads): the compute floor, maps/s
   serve          this app (serve_config.yaml), JSON and npy
-Workloads: POST /api/v1/synthetic (64 x 64) and POST /api/v1/inference (64 x 64, mc_samples = 10), at
-concurrency 1, 8 and 32 (a closed loop of aiohttp clients), reporting req/s, p50 and p99 latency.
-Every model runs with one torch thread (the Serve replica's setting), so the comparison is of serving.
-Servers this script starts (uvicorn processes, a private Ray head) are stopped by their process ids.
-The last line of output is one JSON object:
-  inference_vs_original_design        serve / (a), JSON inference req/s at concurrency 32
-  inference_vs_fastapi_same_predictor serve / (b), JSON inference req/s at concurrency 32
-  inference_fraction_of_compute_floor serve npy inference req/s at concurrency 32 / (d) maps/s
-  synthetic_p50_ms_c1                 serve JSON synthetic p50 at concurrency 1
-  npy_over_json                       serve inference req/s at concurrency 32, npy / JSON
+Workloads: POST /api/v1/synthetic (64 x 64) and POST /api/v1/inference (one 64 x 64 map, mc_samples = 10)
+at concurrency 1, 8 and 32; bulk inference (64 maps of 64 x 64 per request, mc_samples = 10) as npy and
+JSON at concurrency 4. A closed loop of aiohttp clients; req/s, maps/s, p50 and p99. Where a single-map
+request's time goes (proxy, decode, pool call, model, encode) comes from the app's Server-Timing header
+at concurrency 1 (proxy = client latency - time in the ingress). Servers this script starts are stopped
+by their process ids. The last line of output is one JSON object:
+  bulk_fraction_of_compute_floor       serve bulk npy maps/s (c = 4) / (d)                       goal >= 0.6
+  bulk_npy_over_json                   serve bulk maps/s, npy / JSON (c = 4)                      goal >= 2
+  single_fraction_of_noop_floor        serve single-map npy inference req/s / (c), c = 32         goal >= 0.6
+  synthetic_p50_minus_noop_p50_ms      serve JSON synthetic p50 - (c) p50, c = 1                  goal <= 5
+  inference_p50_minus_noop_p50_ms      serve single-map npy inference p50 - (c) p50, c = 1        goal <= 10
+  inference_vs_original_design         serve / (a), JSON inference req/s at c = 32                goal >= 3
+  inference_vs_fastapi_same_predictor  serve / (b), JSON inference req/s at c = 32                goal >= 1.2
 Run from the repository root: python bench/http_load.py [--duration 4] [--weights DIR]
 """
 
@@ -42,43 +46,69 @@ from lensing.pinn.predictor import Predictor
 from lensing.synthetic import MapRequest, generate_map
 
 REPO = Path(__file__).resolve().parents[1]
-
 CONCURRENCY = (1, 8, 32)
+BULK_CONCURRENCY = 4
+BULK_MAPS = 64
 MC_SAMPLES = 10
 NPY = "application/x-npy"
+STAGES = ("proxy", "ingress", "decode", "render", "pool", "model", "encode")
 
 
 @dataclass
 class Case:
     """One request, pre-encoded so the client spends no time building it."""
 
-    endpoint: str
-    fmt: str
     path: str
     body: bytes
     headers: dict = field(default_factory=dict)
+    maps: int = 1  # maps per request (a bulk request carries many)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def bulk_maps() -> list[np.ndarray]:
+    """BULK_MAPS different halos, the same for the app and the floor."""
+    masses = np.geomspace(2e11, 5e13, BULK_MAPS)
+    return [generate_map(MapRequest(M_vir=float(m), scale_radius=150.0, grid_size=64)).convergence for m in masses]
 
 
 def cases() -> dict[str, Case]:
     kappa = generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence
-    npy = io.BytesIO()
-    np.save(npy, kappa)
+    stack = bulk_maps()
     spec = json.dumps({"profile_type": "NFW", "mass": 2e12, "scale_radius": 200.0, "grid_size": 64}).encode()
-    json_headers = {"Content-Type": "application/json"}
+    as_json = {"Content-Type": "application/json"}
+    query = f"/api/v1/inference?mc_samples={MC_SAMPLES}"
     return {
-        "synthetic_json": Case("synthetic", "json", "/api/v1/synthetic", spec, json_headers),
-        "synthetic_npy": Case("synthetic", "npy", "/api/v1/synthetic", spec, json_headers | {"Accept": NPY}),
-        "inference_json": Case("inference", "json", "/api/v1/inference",
+        "synthetic_json": Case("/api/v1/synthetic", spec, as_json),
+        "synthetic_npy": Case("/api/v1/synthetic", spec, as_json | {"Accept": NPY}),
+        "inference_json": Case("/api/v1/inference",
                                json.dumps({"convergence_map": kappa.tolist(), "mc_samples": MC_SAMPLES}).encode(),
-                               json_headers),
-        "inference_npy": Case("inference", "npy", f"/api/v1/inference?mc_samples={MC_SAMPLES}", npy.getvalue(),
-                              {"Content-Type": NPY}),
+                               as_json),
+        "inference_npy": Case(query, npy_bytes(kappa), {"Content-Type": NPY}),
+        "bulk_npy": Case(query, npy_bytes(np.stack(stack)), {"Content-Type": NPY}, BULK_MAPS),
+        "bulk_json": Case("/api/v1/inference", json.dumps(
+            {"convergence_maps": [m.tolist() for m in stack], "mc_samples": MC_SAMPLES}).encode(), as_json, BULK_MAPS),
     }
 
 
+def parse_server_timing(header: str) -> dict[str, float]:
+    """'ingress;dur=6.1, pool;dur=4.0' -> {'ingress': 6.1, 'pool': 4.0}."""
+    stages = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, duration = part.partition(";dur=")
+        stages[name] = float(duration)
+    return stages
+
+
 async def load(url: str, case: Case, concurrency: int, duration: float, warmup: float) -> dict:
-    """Closed-loop load: `concurrency` clients post `case` back to back; stats of the measured window."""
+    """Closed-loop load: `concurrency` clients post `case` back to back; stats of the measured window, with
+    the median of every Server-Timing stage (and the proxy's share: client latency - time in the ingress)."""
     latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
     errors = 0
     measuring = False
     deadline = time.perf_counter() + warmup + duration
@@ -90,30 +120,40 @@ async def load(url: str, case: Case, concurrency: int, duration: float, warmup: 
             async with session.post(url + case.path, data=case.body, headers=case.headers) as response:
                 await response.read()
                 ok = response.status == 200
+                timing = parse_server_timing(response.headers.get("Server-Timing", ""))
+            latency = time.perf_counter() - started
             if measuring:
-                latencies.append(time.perf_counter() - started)
+                latencies.append(latency)
                 errors += not ok
+                if "ingress" in timing:
+                    timing["proxy"] = 1e3 * latency - timing["ingress"]
+                for name, ms in timing.items():
+                    stages.setdefault(name, []).append(ms)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
         tasks = [asyncio.create_task(client(session)) for _ in range(concurrency)]
         await asyncio.sleep(warmup)
         measuring, started = True, time.perf_counter()
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1e3
-    return {"rps": round(len(ms) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "requests": len(ms), "errors": errors}
+    return {"rps": round(len(ms) / elapsed, 1), "maps_per_s": round(len(ms) * case.maps / elapsed, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "requests": len(ms), "errors": errors,
+            "stages_p50_ms": {name: round(float(np.median(v)), 2) for name, v in stages.items()}}
 
 
-def measure(server: str, url: str, names: list[str], duration: float, results: dict) -> None:
+def measure(server: str, url: str, names: list[str], duration: float, results: dict,
+            concurrencies: tuple[int, ...] = CONCURRENCY) -> None:
     all_cases = cases()
     for name in names:
-        for concurrency in CONCURRENCY:
+        for concurrency in concurrencies:
             stats = asyncio.run(load(url, all_cases[name], concurrency, duration, warmup=min(1.0, duration / 4)))
             results.setdefault(server, {}).setdefault(name, {})[str(concurrency)] = stats
-            print(f"{server:9s} {name:15s} c={concurrency:<3d} {stats['rps']:8.1f} req/s  p50 {stats['p50_ms']:8.2f} ms"
-                  f"  p99 {stats['p99_ms']:8.2f} ms  errors {stats['errors']}", flush=True)
+            print(f"{server:9s} {name:15s} c={concurrency:<3d} {stats['rps']:8.1f} req/s {stats['maps_per_s']:8.1f} "
+                  f"maps/s  p50 {stats['p50_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  errors {stats['errors']}",
+                  flush=True)
 
 
 def wait_for(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -152,20 +192,22 @@ def load_predictor(weights: str | None) -> Predictor:
     return Predictor.from_package(device="cpu")
 
 
-def compute_floor(duration: float, weights: str | None, batch: int = 32) -> float:
-    """(d): maps/s of the in-process Predictor on batches of `batch` maps (one torch thread)."""
-    torch.set_num_threads(1)
+def compute_floor(duration: float, weights: str | None) -> dict[int, float]:
+    """(d): maps/s of the in-process Predictor on the bulk request's maps, one call per 64, by torch threads."""
     predictor = load_predictor(weights)
-    kappa = generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence
-    maps = [kappa] * batch
-    predictor.predict(maps, mc_samples=MC_SAMPLES, seed=list(range(batch)))
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < duration:
-        predictor.predict(maps, mc_samples=MC_SAMPLES, seed=list(range(done, done + batch)))
-        done += batch
-    rate = done / (time.perf_counter() - started)
-    print(f"floor     predictor x{batch:<6d} {rate:8.1f} maps/s", flush=True)
-    return rate
+    maps = bulk_maps()
+    rates = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        predictor.predict(maps, mc_samples=MC_SAMPLES, seed=list(range(len(maps))))
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < duration:
+            predictor.predict(maps, mc_samples=MC_SAMPLES, seed=list(range(done, done + len(maps))))
+            done += len(maps)
+        rates[threads] = done / (time.perf_counter() - started)
+        print(f"floor     predictor x{len(maps)}, {threads} thread(s) {rates[threads]:8.1f} maps/s", flush=True)
+    torch.set_num_threads(1)
+    return rates
 
 
 def serve_app(duration: float, weights: str | None, results: dict) -> None:
@@ -175,10 +217,10 @@ def serve_app(duration: float, weights: str | None, results: dict) -> None:
             local_ray_cluster(num_cpus=2, extra_env={"PYTHONPATH": str(REPO)}) as cluster:
         config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         config["http_options"]["port"] = port
-        args = config["applications"][0]["args"]
+        args = config["applications"][0].setdefault("args", {})
         args["store_path"] = str(Path(workdir) / "store.sqlite")
         if weights:
-            args["predictor"].update(weights=f"{weights}/pinn.safetensors", card=f"{weights}/pinn_card.json")
+            args["predictor"] = {"weights": f"{weights}/pinn.safetensors", "card": f"{weights}/pinn_card.json"}
         config["applications"].append({"name": "noop", "route_prefix": "/noop", "import_path": "bench.serve_noop:app"})
         path = Path(workdir) / "serve.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -186,14 +228,27 @@ def serve_app(duration: float, weights: str | None, results: dict) -> None:
                        env=cluster.env, check=True, capture_output=True)
         base = f"http://127.0.0.1:{port}"
         wait_for(base + "/health", 300)
-        noop = Case("noop", "json", "/noop/", b"{}", {"Content-Type": "application/json"})
+        noop = Case("/noop/", b"{}", {"Content-Type": "application/json"})
         for concurrency in CONCURRENCY:
             stats = asyncio.run(load(base, noop, concurrency, duration, warmup=min(1.0, duration / 4)))
             results.setdefault("noop", {}).setdefault("noop", {})[str(concurrency)] = stats
             print(f"noop      {'noop':15s} c={concurrency:<3d} {stats['rps']:8.1f} req/s  p50 {stats['p50_ms']:8.2f} ms"
                   f"  p99 {stats['p99_ms']:8.2f} ms  errors {stats['errors']}", flush=True)
-        workloads = ["synthetic_json", "synthetic_npy", "inference_json", "inference_npy"]
-        measure("serve", base, workloads, duration, results)
+        measure("serve", base, ["synthetic_json", "synthetic_npy", "inference_json", "inference_npy"], duration,
+                results)
+        measure("serve", base, ["bulk_npy", "bulk_json"], duration, results, (BULK_CONCURRENCY,))
+
+
+def print_stages(results: dict) -> None:
+    """Where a lone request's time goes (medians at concurrency 1, ms)."""
+    print("\nwhere a lone request's time goes (p50 at c = 1, ms; proxy = client - ingress)")
+    print(f"{'request':16s}" + "".join(f"{stage:>9s}" for stage in ("client", *STAGES)))
+    for name in ("synthetic_json", "synthetic_npy", "inference_json", "inference_npy"):
+        cell = results["serve"][name]["1"]
+        stages = cell["stages_p50_ms"]
+        print(f"{name:16s}{cell['p50_ms']:9.2f}" + "".join(
+            f"{stages[s]:9.2f}" if s in stages else f"{'-':>9s}" for s in STAGES))
+    print(f"{'noop':16s}{results['noop']['noop']['1']['p50_ms']:9.2f}", flush=True)
 
 
 def main() -> None:
@@ -204,21 +259,29 @@ def main() -> None:
     started = time.time()
     results: dict = {}
     weights = str(Path(args.weights).resolve()) if args.weights else None
-    floor = compute_floor(args.duration, weights)
+    floors = compute_floor(args.duration, weights)
     fastapi_baseline("loop", args.duration, weights, results)
     fastapi_baseline("vectorised", args.duration, weights, results)
     serve_app(args.duration, weights, results)
-    rps = lambda server, name: results[server][name]["32"]["rps"]  # noqa: E731
-    results["floor_maps_per_s"] = round(floor, 1)
+    print_stages(results)
+    cell = lambda server, name, c: results[server][name][str(c)]  # noqa: E731
+    floor = max(floors.values())
+    results["floor_maps_per_s"] = {str(k): round(v, 1) for k, v in floors.items()}
     results["seconds"] = round(time.time() - started, 1)
     print(json.dumps(results))
+    noop_p50 = cell("noop", "noop", 1)["p50_ms"]
     print(json.dumps({
-        "inference_vs_original_design": round(rps("serve", "inference_json") / rps("original", "inference_json"), 2),
-        "inference_vs_fastapi_same_predictor":
-            round(rps("serve", "inference_json") / rps("fastapi", "inference_json"), 2),
-        "inference_fraction_of_compute_floor": round(rps("serve", "inference_npy") / floor, 2),
-        "synthetic_p50_ms_c1": results["serve"]["synthetic_json"]["1"]["p50_ms"],
-        "npy_over_json": round(rps("serve", "inference_npy") / rps("serve", "inference_json"), 2),
+        "bulk_fraction_of_compute_floor": round(cell("serve", "bulk_npy", BULK_CONCURRENCY)["maps_per_s"] / floor, 2),
+        "bulk_npy_over_json": round(cell("serve", "bulk_npy", BULK_CONCURRENCY)["maps_per_s"]
+                                    / cell("serve", "bulk_json", BULK_CONCURRENCY)["maps_per_s"], 2),
+        "single_fraction_of_noop_floor": round(cell("serve", "inference_npy", 32)["rps"]
+                                               / cell("noop", "noop", 32)["rps"], 2),
+        "synthetic_p50_minus_noop_p50_ms": round(cell("serve", "synthetic_json", 1)["p50_ms"] - noop_p50, 2),
+        "inference_p50_minus_noop_p50_ms": round(cell("serve", "inference_npy", 1)["p50_ms"] - noop_p50, 2),
+        "inference_vs_original_design": round(cell("serve", "inference_json", 32)["rps"]
+                                              / cell("original", "inference_json", 32)["rps"], 2),
+        "inference_vs_fastapi_same_predictor": round(cell("serve", "inference_json", 32)["rps"]
+                                                     / cell("fastapi", "inference_json", 32)["rps"], 2),
     }))
 
 

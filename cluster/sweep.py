@@ -103,15 +103,17 @@ def run(config: SweepConfig, target: str, pause_file: str | None = None) -> int:
         })
         done |= store.done_shards()
         pending = [shard for shard in range(config.n_shards) if shard not in done]
+        ready_after = worker["ready_at"] - timeline["workers_requested"]
         log(f"sweep {config.name}: {config.n_maps} maps in {config.n_shards} shards of {config.shard_size} -> "
             f"{store.target}; {len(done)} already done, {len(pending)} to run (workers: {worker['device']}, "
-            f"{worker['threads']} torch thread(s), imports and model load {worker['load_s']:.1f}s)")
+            f"{worker['threads']} torch thread(s); the first was ready {ready_after:.1f}s after it was requested: "
+            f"process start, imports and model load, {worker['load_s']:.1f}s of it in its constructor)")
         progress = Progress(config, pending)
         pool.run(pending, progress, paused=(lambda: Path(pause_file).exists()) if pause_file else lambda: False)
     finally:
         pool.shutdown()
     timeline["pipeline_finished"] = time.time()
-    pipeline_seconds = time.perf_counter() - started
+    pipeline_seconds = timeline["pipeline_finished"] - timeline["first_worker_ready"]  # while shards ran
     failed = progress.failures()
     for failure in failed:
         log(f"shard {failure['shard']} not written: {failure['error']}")
@@ -133,7 +135,8 @@ def run(config: SweepConfig, target: str, pause_file: str | None = None) -> int:
         "failed_shards": [f["shard"] for f in failed],
         "pipeline_s": round(pipeline_seconds, 3),
         "total_s": round(time.perf_counter() - started, 3),
-        "stage_s": progress.stage_seconds(),
+        "workers_ready_s": [round(at - timeline["workers_requested"], 3) for at in pool.ready_at],
+        "stage_s": progress.stage_seconds(),  # summed over shards: worker-seconds, which overlap in wall time
         "timeline": {key: round(value, 3) for key, value in timeline.items()},
     }
     print(json.dumps(finished), flush=True)

@@ -80,6 +80,9 @@ class Execution(_Strict):
     gpus_per_actor: Annotated[float, Field(gt=0, le=1)] = 0.25  # used only when the cluster has GPUs
     torch_threads: Annotated[int, Field(ge=1)] | None = None  # default: cpus_per_actor, at least 1
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 2
+    # Shards in flight per actor, each in its own thread: one renders its maps (Python-bound scenario draws)
+    # while another runs the PINN (torch), and the actor never waits for the driver between shards.
+    shards_per_actor: Annotated[int, Field(ge=1, le=8)] = 2
 
     @model_validator(mode="after")
     def _ordered(self) -> Execution:

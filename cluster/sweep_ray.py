@@ -3,8 +3,9 @@
 Each `ShardWorker` actor loads the Predictor once, sets its torch threads, and for every shard it is
 given does the whole shard in its own process (`sweep_pipeline.process_shard`: draw inputs, render,
 infer, write Parquet); the driver only sends shard indices and gets back one small status dict per shard,
-so maps never cross the object store. The driver keeps exactly one shard in flight per running actor and
-hands the next one to whichever actor finishes first, so fast and slow actors stay busy to the end.
+so maps never cross the object store. The driver keeps `shards_per_actor` shards in flight per running
+actor (a threaded actor: one shard renders while another infers) and hands the next one to whichever
+actor finishes first, so fast and slow actors stay busy to the end.
 
 Startup is on the critical path of a short sweep, so the actors are requested first thing and load torch
 and the weights while the driver checks the output; this module does not import torch (the actors do).
@@ -92,7 +93,9 @@ class WorkerPool:
             "num_gpus": execution.gpus_per_actor if has_gpu else 0,
             "max_restarts": -1,  # a dead worker process is replaced ...
             "max_task_retries": execution.max_attempts - 1,  # ... and its shard resubmitted this often
+            "max_concurrency": execution.shards_per_actor,  # a threaded actor: shards overlap inside it
         }
+        self.slots = execution.shards_per_actor
         actor_class = ray.remote(ShardWorker).options(**options)
         payload = config.model_dump(mode="json")
         self.max_attempts = execution.max_attempts
@@ -101,6 +104,7 @@ class WorkerPool:
         self.idle: deque = deque()
         self.first_info: dict | None = None
         self.start_errors: list[str] = []
+        self.ready_at: list[float] = []  # wall-clock time each actor became ready
 
     def _started(self, ref) -> None:
         actor = self.starting.pop(ref)
@@ -110,7 +114,8 @@ class WorkerPool:
             self.start_errors.append(f"{type(exc).__name__}: {exc}")
             return
         self.first_info = self.first_info or info
-        self.idle.append(actor)
+        self.ready_at.append(info["ready_at"])
+        self.idle.extend([actor] * self.slots)
 
     def first_ready(self) -> dict:
         """Wait for the first actor to load the model; its info() (raises if no actor can start)."""
@@ -123,7 +128,8 @@ class WorkerPool:
 
     def run(self, shards: list[int], on_result: Callable[[dict], None],
             paused: Callable[[], bool] = lambda: False) -> None:
-        """Run `shards`, one in flight per running actor; call `on_result` with each shard's status dict.
+        """Run `shards`, `shards_per_actor` in flight per running actor; call `on_result` with each shard's
+        status dict.
         While `paused()` is true no new shard starts (those under way finish)."""
         queue = deque(shards)
         running: dict = {}  # object ref -> (actor, shard)

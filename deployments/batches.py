@@ -12,6 +12,7 @@ the item with the reason. Nothing is lost: a batch ends completed, or failed wit
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from .http.errors import InvalidInput, UnknownId
 from .http.schemas import BatchRequest
 from .inference import Inference
 from .pinn_pool import InferenceItem
+from .recorder import JobRecorder
 from .settings import BatchJobSettings
 from .synthesis import Synthesis, map_request, new_seed
 
@@ -66,7 +68,7 @@ class BatchRunner:
         """Start running a batch this runner holds the lease of."""
         if batch_id in self._tasks:
             return
-        task = asyncio.create_task(self._run(batch_id))
+        task = asyncio.create_task(self._run(batch_id), context=contextvars.Context())  # not the request's
         self._tasks[batch_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(batch_id, None))
 
@@ -126,9 +128,9 @@ class BatchRunner:
 class BatchJobs:
     """/api/v1/batch: validates and persists a batch, runs its items (`BatchRunner`), reports its status."""
 
-    def __init__(self, store: DeploymentHandle, synthesis: Synthesis, inference: Inference,
+    def __init__(self, store: DeploymentHandle, recorder: JobRecorder, synthesis: Synthesis, inference: Inference,
                  settings: BatchJobSettings, max_map_side: int) -> None:
-        self.store, self.synthesis, self.inference = store, synthesis, inference
+        self.store, self.recorder, self.synthesis, self.inference = store, recorder, synthesis, inference
         self.settings, self.max_map_side = settings, max_map_side
         self.runner = BatchRunner(store, self.process, settings)
 
@@ -139,7 +141,7 @@ class BatchJobs:
             raise InvalidInput((), "a batch needs at least one item in job_ids, synthetic or maps")
         if total > self.settings.max_items:
             raise InvalidInput((), f"a batch holds at most {self.settings.max_items} items, got {total}")
-        known = await self.store.synthetic_requests.remote(batch.job_ids)
+        known = await self.recorder.synthetic_requests(batch.job_ids)
         for index, job_id in enumerate(batch.job_ids):
             if job_id not in known:
                 raise UnknownId(f"job_ids[{index}]: no synthetic job {job_id!r}")

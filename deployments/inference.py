@@ -16,6 +16,7 @@ import numpy as np
 from lensing.cosmology import MapGeometry
 from lensing.limits import InputError
 
+from . import timing
 from .http.errors import InternalFailure, InvalidInput, Unavailable, invalid_input
 from .http.inference_body import InferenceInput
 from .http.schemas import InferenceOptions, InferenceRequest
@@ -27,11 +28,11 @@ from .synthesis import new_seed
 REQUEST_FIELDS = InferenceRequest.model_fields
 
 
-def raise_failure(failure: InferenceFailure, loc: tuple[str | int, ...] = ()) -> None:
-    """Raise the exception of a pool failure: InvalidInput (at the field, under `loc`) or InternalFailure."""
+def failure_error(failure: InferenceFailure, loc: tuple[str | int, ...] = ()) -> Exception:
+    """The exception of a pool failure: InvalidInput (at the field, under `loc`) or InternalFailure."""
     if failure.field is None:
-        raise InternalFailure(failure.message)
-    raise invalid_input(InputError(failure.field, failure.message), loc, REQUEST_FIELDS)
+        return InternalFailure(failure.message)
+    return invalid_input(InputError(failure.field, failure.message), loc, REQUEST_FIELDS)
 
 
 class Inference:
@@ -49,10 +50,12 @@ class Inference:
 
     async def run(self, item: InferenceItem) -> dict:
         """The pool's result for one map (without the serving details), or the failure's exception."""
-        result = await self.pool.infer(item)
+        with timing.stage("pool"):
+            result = await self.pool.infer(item)
         if isinstance(result, InferenceFailure):
-            raise_failure(result)
-        return result  # type: ignore[return-value]
+            raise failure_error(result)
+        timing.add("model", result["serving"]["batch_ms"])
+        return result
 
     async def infer(self, kappa: np.ndarray, options: InferenceOptions) -> dict:
         """/api/v1/inference for one map: run it, record the job, return the API response."""
@@ -63,7 +66,7 @@ class Inference:
         job_id = uuid.uuid4().hex
         request = options.model_dump() | {"seed": seed, "map_shape": list(kappa.shape)}
         stored = {k: v for k, v in result.items() if k != "serving"}
-        await self.recorder.record(job_id, "inference", request, stored)
+        self.recorder.record(job_id, "inference", request, stored)
         return {"job_id": job_id, **result, "seed": seed,
                 "model": {"name": model["name"], "version": model["version"]}, "timestamp": now_iso()}
 
@@ -81,7 +84,10 @@ class Inference:
             except InvalidInput as exc:
                 entries.append({"index": k, "status": 422, "detail": [
                     {"loc": ["body", k, *exc.loc], "msg": str(exc), "type": "value_error"}]})
-        results = await self.pool.infer_stack([item for _, item in items]) if items else []
+        with timing.stage("pool"):
+            results = await self.pool.infer_stack([item for _, item in items]) if items else []
+        if done := [r for r in results if not isinstance(r, InferenceFailure)]:
+            timing.add("model", done[0]["serving"]["batch_ms"])
         for (k, item), result in zip(items, results, strict=True):
             if isinstance(result, InferenceFailure):
                 status = 422 if result.bad_input else 500
@@ -94,7 +100,7 @@ class Inference:
         entries.sort(key=lambda entry: entry["index"])
         job_id = uuid.uuid4().hex
         shapes = [list(kappa.shape) if kappa is not None else None for kappa in request.maps]
-        await self.recorder.record(job_id, "inference_stack", {"count": len(entries), "map_shapes": shapes}, {
+        self.recorder.record(job_id, "inference_stack", {"count": len(entries), "map_shapes": shapes}, {
             "results": entries})
         succeeded = sum(entry["status"] == 200 for entry in entries)
         return {"job_id": job_id, "count": len(entries), "succeeded": succeeded, "failed": len(entries) - succeeded,

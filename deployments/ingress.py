@@ -37,7 +37,7 @@ class Ingress:
         self.pool = PoolClient(predictor, settings.pool)
         self.synthesis = Synthesis(generator, recorder)
         self.inference = Inference(self.pool, recorder)
-        self.batches = BatchJobs(store, self.synthesis, self.inference, settings.batch,
+        self.batches = BatchJobs(store, recorder, self.synthesis, self.inference, settings.batch,
                                  settings.security.max_map_side)
         self.recorder = recorder
         self.request_stats = RequestStats(store, settings.stats_flush_s)
@@ -53,10 +53,11 @@ class Ingress:
 
     async def shutdown(self) -> None:
         await self.batches.runner.stop()
+        await self.recorder.flush()
         await self.request_stats.stop()
 
-    def record(self, endpoint: str, method: str, status: int, latency_ms: float) -> None:
-        self.request_stats.record(endpoint, method, status, latency_ms)
+    def record(self, endpoint: str, method: str, status: int, latency_ms: float, stages: dict[str, float]) -> None:
+        self.request_stats.record(endpoint, method, status, latency_ms, stages)
 
     async def model_info(self) -> dict | None:
         return await self.pool.model_info()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ray.serve.metrics import Counter, Histogram
 
 LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]
+STAGE_MS = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0]
 BATCH_SIZES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 MC_SAMPLES = [1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
 
@@ -22,10 +23,15 @@ class IngressMetrics:
                                 tag_keys=("endpoint", "method", "status"))  # type: ignore[arg-type]  # Ray: tuple[str]
         self.latency_ms = Histogram("lensing_request_latency_ms", "HTTP request latency (ms) by endpoint",
                                     boundaries=LATENCY_MS, tag_keys=("endpoint",))
+        self.stage_ms = Histogram("lensing_stage_latency_ms", "time (ms) of one stage of a request in the ingress "
+                                  "(decode, pool call, model compute, encode, ...)", boundaries=STAGE_MS,
+                                  tag_keys=("endpoint", "stage"))  # type: ignore[arg-type]  # Ray: tuple[str]
 
-    def record(self, endpoint: str, method: str, status: int, latency_ms: float) -> None:
+    def record(self, endpoint: str, method: str, status: int, latency_ms: float, stages: dict[str, float]) -> None:
         self.requests.inc(1, tags={"endpoint": endpoint, "method": method, "status": str(status)})
         self.latency_ms.observe(latency_ms, tags={"endpoint": endpoint})
+        for stage, milliseconds in stages.items():
+            self.stage_ms.observe(milliseconds, tags={"endpoint": endpoint, "stage": stage})
 
 
 class PredictorMetrics:

@@ -149,7 +149,7 @@ class PINNPredictor:
         latency_ms = 1e3 * (time.perf_counter() - started)
         self.batch_sizes[len(items)] += 1
         self._metrics.record_batch(self.device, [i.mc_samples for i in items], latency_ms)
-        serving = {"batch_size": len(items), "device": self.device}
+        serving = {"batch_size": len(items), "device": self.device, "batch_ms": round(latency_ms, 3)}
         return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
 
     def info(self) -> dict:

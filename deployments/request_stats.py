@@ -27,9 +27,10 @@ class RequestStats:
         self._counts: Counter[tuple[str, int]] = Counter()
         self._flusher: asyncio.Task | None = None
 
-    def record(self, endpoint: str, method: str, status: int, latency_ms: float) -> None:
-        """Middleware callback: one finished HTTP request."""
-        self._metrics.record(endpoint, method, status, latency_ms)
+    def record(self, endpoint: str, method: str, status: int, latency_ms: float,
+               stages: dict[str, float] | None = None) -> None:
+        """Middleware callback: one finished HTTP request and where its time went."""
+        self._metrics.record(endpoint, method, status, latency_ms, stages or {})
         self._counts[(f"{method} {endpoint}", status)] += 1
 
     def start(self) -> None:

@@ -117,11 +117,12 @@ class JobDatabase:
     # --- single jobs -----------------------------------------------------------------------------
 
     def record_jobs(self, jobs: Sequence[tuple[str, str, dict, dict | None]]) -> None:
-        """Store finished synchronous jobs (job_id, kind, request, result) in one transaction."""
+        """Store finished synchronous jobs (job_id, kind, request, result) in one transaction; a job already
+        stored is left as it is, so a write repeated after a lost answer is harmless."""
         now = self.clock()
         with self._transaction() as db:
             db.executemany(
-                "INSERT INTO jobs (job_id, kind, status, created, updated, request, result)"
+                "INSERT OR IGNORE INTO jobs (job_id, kind, status, created, updated, request, result)"
                 " VALUES (?, ?, 'completed', ?, ?, ?, ?)",
                 [(job_id, kind, now, now, json.dumps(request), json.dumps(result) if result is not None else None)
                  for job_id, kind, request, result in jobs],

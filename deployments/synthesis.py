@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from lensing.limits import InputError
 from lensing.synthetic import MapRequest
 
+from . import timing
 from .generator import GeneratedMap, MapRenderer, renders_inline
 from .http.errors import invalid_input
 from .http.schemas import SyntheticRequest
@@ -58,9 +59,10 @@ class Synthesis:
     async def synthesize(self, spec: SyntheticRequest, fmt: str) -> tuple[str, GeneratedMap]:
         """Generate a map, record the job (with its seed, so it can be regenerated) and return both."""
         request = map_request(spec, spec.seed if spec.seed is not None else new_seed())
-        generated = await self.render(request, fmt)
+        with timing.stage("render"):
+            generated = await self.render(request, fmt)
         job_id = uuid.uuid4().hex
         metadata = {k: v for k, v in generated.map.metadata().items() if k != "request"}
-        await self.recorder.record(job_id, "synthetic", asdict(request),
+        self.recorder.record(job_id, "synthetic", asdict(request),
                                    {"metadata": metadata, "parameters": generated.map.parameters()})
         return job_id, generated

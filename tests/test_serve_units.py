@@ -248,3 +248,53 @@ def test_an_internal_error_in_the_model_is_not_the_clients_fault(monkeypatch):
         response = client.post("/api/v1/inference", json={"convergence_map": good.tolist(), "mc_samples": 5})
     assert response.status_code == 500 and response.json()["detail"] == "internal server error"
     assert response.json()["request_id"], response.text
+
+
+def test_job_records_are_written_behind_in_groups_and_survive_a_failed_write(tmp_path, monkeypatch):
+    """`record` returns before the store write; a failed write keeps the records and retries; the replica
+    reads its queued records back; a write repeated after a lost answer stores each job once."""
+    from deployments import recorder as recorder_module
+    from deployments.recorder import JobRecorder
+
+    monkeypatch.setattr(recorder_module, "RETRY_PAUSE_S", (0.01, 0.02))
+    db = JobDatabase(str(tmp_path / "store.sqlite"))
+
+    class FlakyStore:
+        """A handle stand-in over a real JobDatabase: the first write commits but its answer is lost."""
+
+        def __init__(self) -> None:
+            self.writes: list[int] = []
+            self.record_jobs, self.get_job, self.synthetic_requests = (
+                self._method(self._record), self._method(db.get_job), self._method(db.synthetic_requests))
+
+        @staticmethod
+        def _method(function):
+            class Remote:
+                @staticmethod
+                async def remote(*args):
+                    return function(*args)
+            return Remote
+
+        def _record(self, rows):
+            self.writes.append(len(rows))
+            db.record_jobs(rows)
+            if len(self.writes) == 1:
+                raise ConnectionError("the store replica died before answering")
+
+    async def scenario() -> None:
+        store = FlakyStore()
+        recorder = JobRecorder(store)  # type: ignore[arg-type]
+        for k in range(5):
+            recorder.record(f"j{k}", "synthetic", {"M_vir": 1e12, "seed": k}, {"metadata": {}})
+        assert (await recorder.job("j3"))["request"]["seed"] == 3  # queued, read back at once
+        assert (await recorder.synthetic_requests(["j1", "nope"])) == {"j1": {"M_vir": 1e12, "seed": 1}}
+        for _ in range(200):
+            if not recorder._pending:
+                break
+            await asyncio.sleep(0.01)
+        assert not recorder._pending and len(store.writes) >= 2  # written after the retry
+        assert db.stats()["total_jobs"] == 5  # each job once, though the first group was written twice
+        assert (await recorder.job("j4"))["kind"] == "synthetic"  # now from the store
+        await recorder.flush()
+
+    asyncio.run(scenario())

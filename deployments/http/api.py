@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from .. import timing
 from ..settings import AppSettings
 from ..store import now_iso
 from . import middleware, ui
@@ -68,7 +69,7 @@ class Service(Protocol):
 
     async def startup(self) -> None: ...
     async def shutdown(self) -> None: ...
-    def record(self, endpoint: str, method: str, status: int, latency_ms: float) -> None: ...
+    def record(self, endpoint: str, method: str, status: int, latency_ms: float, stages: dict[str, float]) -> None: ...
     async def model_info(self) -> dict | None: ...
     async def stats(self) -> dict: ...
     async def synthesize(self, spec: SyntheticRequest, fmt: str) -> tuple[str, GeneratedMap]: ...
@@ -206,11 +207,12 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
         if spec.arcsec:
             x_arcsec, y_arcsec = smap.coordinates_arcsec()
             coordinates |= {"X_arcsec": x_arcsec.tolist(), "Y_arcsec": y_arcsec.tolist()}
-        return json_response({
-            "job_id": job_id, "convergence_map": smap.convergence.tolist(), "coordinates": coordinates,
-            "metadata": smap.metadata(), "parameters": smap.parameters(), "geometry": smap.geometry_dict(),
-            "timestamp": now_iso(),
-        }, headers=headers)
+        with timing.stage("encode"):
+            return json_response({
+                "job_id": job_id, "convergence_map": smap.convergence.tolist(), "coordinates": coordinates,
+                "metadata": smap.metadata(), "parameters": smap.parameters(), "geometry": smap.geometry_dict(),
+                "timestamp": now_iso(),
+            }, headers=headers)
 
     @app.post("/api/v1/inference", response_model=InferenceResponse, openapi_extra=INFERENCE_BODY,
               responses={207: {"model": StackResponse, "description": "a stack: some maps have no result"},
@@ -219,8 +221,10 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
         content_type = media_type(request.headers.get("content-type"))
         is_json = content_type in (JSON, "")
         try:
-            parsed = read_inference(content_type, await request.body(), query, request.query_params.multi_items(),
-                                    settings.security.max_map_side, settings.stacks)
+            body = await request.body()
+            with timing.stage("decode"):
+                parsed = read_inference(content_type, body, query, request.query_params.multi_items(),
+                                        settings.security.max_map_side, settings.stacks)
             if parsed.stacked:
                 fmt = negotiate(request.headers.get("accept"), TABLE_FORMATS)
                 if fmt is None:
@@ -231,7 +235,8 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
             return from_validation_error(exc, ("body",) if is_json else ("query",))
         except InvalidInput as exc:
             return unprocessable([{"loc": _error_loc(is_json, exc.loc), "msg": str(exc), "type": "value_error"}])
-        return json_response(result, headers={"X-Job-Id": result["job_id"]})
+        with timing.stage("encode"):
+            return json_response(result, headers={"X-Job-Id": result["job_id"]})
 
     @app.post("/api/v1/batch", status_code=202, response_model=BatchSubmitted, responses=ERRORS)
     async def batch(spec: BatchRequest) -> Response:

@@ -128,7 +128,7 @@ def _validate_stack(maps: Sequence[np.ndarray | list[dict]], lists: dict[str, li
                                 "msg": e["msg"], "type": e["type"]} for e in details]
             options = None
         ok = not errors and isinstance(entry, np.ndarray)
-        result.maps.append(entry if ok else None)
+        result.maps.append(entry if ok and isinstance(entry, np.ndarray) else None)
         result.options.append(options if ok else None)
         if errors:
             result.errors[k] = errors

@@ -13,16 +13,18 @@ import time
 from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import timing
 from ..settings import AppSettings
 from .codecs import json_response
 from .errors import BodyTooLarge
 from .security import AccessControl, KeyStore, RateLimiter, document
 
-Recorder = Callable[[str, str, int, float], None]  # endpoint, method, status, latency_ms
+Recorder = Callable[[str, str, int, float, dict[str, float]], None]  # endpoint, method, status, latency_ms, stages
 
 
 class BodySizeLimit:
@@ -51,7 +53,8 @@ class BodySizeLimit:
 
 
 class RequestMetrics:
-    """Reports (route template, method, status code, latency) of every HTTP request to `record`.
+    """Reports (route template, method, status code, latency, stage times) of every HTTP request to `record`,
+    and tells the client where the ingress's time went in a Server-Timing header (`timing.py`).
 
     The router leaves the matched route in the scope; a request answered before routing (a 413 from the
     body limit) is matched against `routes` here, so it is still counted under its endpoint.
@@ -70,18 +73,22 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        stages = timing.start()
         status = 500
 
         async def capturing_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                elapsed = 1e3 * (time.perf_counter() - started)
+                MutableHeaders(scope=message).append("Server-Timing", timing.server_timing(stages, elapsed))
             await send(message)
 
         try:
             await self.app(scope, receive, capturing_send)
         finally:
-            self.record(self.endpoint(scope), scope["method"], status, 1e3 * (time.perf_counter() - started))
+            self.record(self.endpoint(scope), scope["method"], status, 1e3 * (time.perf_counter() - started),
+                        stages)
 
 
 def install(app: FastAPI, settings: AppSettings, record: Recorder) -> None:

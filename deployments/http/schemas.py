@@ -160,8 +160,9 @@ class ModelRef(BaseModel):
 
 
 class Serving(BaseModel):
-    batch_size: int = Field(description="requests in the PINN batch this one ran in")
+    batch_size: int = Field(description="maps in the PINN batch this one ran in")
     device: str
+    batch_ms: float = Field(description="compute time of that batch in the PINN replica, ms")
 
 
 class InferenceResult(BaseModel):
