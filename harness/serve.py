@@ -58,7 +58,7 @@ def make_config(port: int, store_path: Path) -> dict:
     config = load_yaml(SERVE_CONFIG)
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
-    args.update(store_path=str(store_path), max_body_bytes=8 * MIB, stats_flush_s=0.5)
+    args.update(store_url=f"sqlite:///{store_path}", max_body_bytes=8 * MIB, stats_flush_s=0.5)
     args.setdefault("batch", {}).update(concurrency=2, lease_ttl_s=3.0)
     args.setdefault("predictor", {})
     if weights := os.environ.get("LENSING_SERVE_TEST_WEIGHTS"):
