@@ -2,11 +2,13 @@
 real PostgreSQL server (harness/postgres.py: Debian's binaries, a free port, a temp dir, stopped at the
 end). The lease protocol, calls that are safe to repeat, the versioned schema (a store written before
 versioning opens), concurrent runners on PostgreSQL (row locks, SKIP LOCKED, exactly-once completion), an
-outage and a hung server (StoreUnavailable, never a hang; recovery without reopening), store URLs,
-settings and placement."""
+outage and a hung server (503, never a hang; recovery without reopening), store URLs and settings, the
+ingress's StoreClient, and the ingress parts that must survive an outage (batch runner, job recorder,
+request counters)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -16,12 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from ray.exceptions import ActorDiedError
 
 from deployments.batch_items import BatchItem, BatchOptions
+from deployments.batches import BatchRunner
 from deployments.http.errors import StoreUnavailable
-from deployments.settings import AppSettings, store_url_of
+from deployments.recorder import JobRecorder
+from deployments.request_stats import RequestStats
+from deployments.settings import AppSettings, BatchJobSettings, store_url_of
 from deployments.store import JobDatabase
 from deployments.store.backend import dialect_of, redact, sqlite_path
+from deployments.store.client import StoreClient
 from deployments.store.schema import SCHEMA_VERSION
 from harness.postgres import PostgresServer, postgres_server
 
@@ -340,3 +347,165 @@ def test_sqlite_runs_one_replica_on_the_store_node(monkeypatch, tmp_path):
     monkeypatch.setattr(deployment, "planned_replicas", lambda: 2)
     with pytest.raises(RuntimeError, match="exactly one JobStore replica"):
         deployment.check_sqlite_placement(f"sqlite:///{tmp_path}/s.sqlite")
+
+
+# --- the ingress's side: StoreClient and the parts that wait out an outage -------------------------------
+
+
+class FakeHandle:
+    """Stands in for the JobStore DeploymentHandle: `behaviour` decides each call's fate."""
+
+    def __init__(self, *behaviour) -> None:
+        self.behaviour, self.calls = list(behaviour), 0
+
+    def __getattr__(self, name: str):
+        return self
+
+    def remote(self, *args):
+        self.calls += 1
+        fate = self.behaviour.pop(0) if len(self.behaviour) > 1 else self.behaviour[0]
+
+        async def answer():
+            if fate == "slow":
+                await asyncio.sleep(10)
+            if isinstance(fate, BaseException):
+                raise fate
+            return fate
+
+        return answer()
+
+
+def test_store_client_retries_a_lost_replica_and_reports_unavailable():
+    async def scenario() -> None:
+        handle = FakeHandle(ActorDiedError(), "ok")
+        assert await StoreClient(handle).stats.remote() == "ok" and handle.calls == 2  # sent again, answered
+        for handle in (FakeHandle(ActorDiedError()), FakeHandle(StoreUnavailable("db gone: a traceback")),
+                       FakeHandle("slow")):
+            with pytest.raises(StoreUnavailable) as error:
+                await StoreClient(handle, timeout_s=0.2).stats.remote()
+            assert "traceback" not in str(error.value)
+        with pytest.raises(KeyError):  # a bug is not an outage
+            await StoreClient(FakeHandle(KeyError("no batch"))).pending_items.remote("b")
+
+    asyncio.run(scenario())
+
+
+class AsyncStore:
+    """A JobDatabase behind the interface the ingress parts use (`await store.NAME.remote(...)`), calls in
+    threads as in a replica; `down` makes every call fail as the StoreClient reports an outage, and
+    `lose_answers` commits a call but raises as if its replica died before answering."""
+
+    def __init__(self, db: JobDatabase) -> None:
+        self.db, self.down, self.lose_answers = db, False, 0
+
+    def __getattr__(self, name: str):
+        method = getattr(self.db, name)
+        store = self
+
+        class Method:
+            @staticmethod
+            async def remote(*args, **kwargs):
+                if store.down:
+                    raise StoreUnavailable("down")
+                result = await asyncio.to_thread(method, *args, **kwargs)
+                if store.lose_answers:
+                    store.lose_answers -= 1
+                    raise StoreUnavailable("answer lost")
+                return result
+
+        return Method
+
+
+def test_batch_runners_wait_out_an_outage_and_keep_their_leases(postgres):
+    """A PostgreSQL outage longer than the lease TTL, with two runners sweeping: the batch's own runner keeps
+    it (one attempt), results computed during the outage are stored after it, every item finishes once."""
+    url = fresh_database(postgres)
+    settings = BatchJobSettings(concurrency=4, lease_ttl_s=2.0, max_attempts=3, item_retries=0)
+    processed: Counter[str] = Counter()
+
+    async def scenario() -> None:
+        async def process(options: BatchOptions, item_: BatchItem) -> dict:
+            processed[item_.job_id] += 1
+            await asyncio.sleep(0.02)
+            return {"seed": item_.seed}
+
+        a = BatchRunner(AsyncStore(JobDatabase(url)), process, settings)  # type: ignore[arg-type]
+        b = BatchRunner(AsyncStore(JobDatabase(url)), process, settings)  # type: ignore[arg-type]
+        items = [item(f"i{n}", n) for n in range(120)]
+        await asyncio.to_thread(JobDatabase(url).create_batch, "b1", items, OPTIONS, a.owner, settings.lease_ttl_s)
+        a.start()
+        b.start()
+        a.run("b1")
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(postgres.stop)
+        try:
+            await asyncio.sleep(3 * settings.lease_ttl_s)  # every lease lapses meanwhile
+        finally:
+            await asyncio.to_thread(postgres.start)
+        db = JobDatabase(url)
+        for _ in range(300):
+            status = await asyncio.to_thread(db.batch_status, "b1")
+            if status["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        await a.stop()
+        await b.stop()
+        assert status["status"] == "completed" and status["completed"] == 120, status["status"]
+        attempts = await asyncio.to_thread(
+            db._run, lambda tx: tx.rows("SELECT attempts, owner FROM batches WHERE batch_id = 'b1'"), False)
+        assert attempts == [(1, None)]  # never claimed by the other runner
+        assert set(processed) == {i.job_id for i in items} and set(processed.values()) == {1}
+
+    asyncio.run(scenario())
+
+
+def test_request_counters_are_counted_once_when_an_answer_is_lost(tmp_path):
+    db = JobDatabase(f"sqlite:///{tmp_path}/s.sqlite")
+    store = AsyncStore(db)
+
+    async def scenario() -> None:
+        stats = RequestStats(store, flush_s=3600)  # type: ignore[arg-type]
+        for _ in range(3):
+            stats.record("/api/v1/stats", "GET", 200, 1.0)
+        store.lose_answers = 1  # committed, but the caller sees a failure
+        with pytest.raises(StoreUnavailable):
+            await stats.flush()
+        stats.record("/api/v1/stats", "GET", 200, 1.0)
+        store.down = True
+        with pytest.raises(StoreUnavailable):
+            await stats.flush()
+        store.down = False
+        await stats.flush()  # the lost flush again (same id: not added twice), then the new request
+
+    asyncio.run(scenario())
+    assert db.stats()["requests"] == {"GET /api/v1/stats": {"200": 4}}
+
+
+def test_inference_records_are_held_while_the_store_is_down(tmp_path, monkeypatch):
+    from deployments import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "RETRY_S", 0.05)
+    db = JobDatabase(f"sqlite:///{tmp_path}/s.sqlite")
+    store = AsyncStore(db)
+
+    async def scenario() -> None:
+        recorder = JobRecorder(store, max_deferred=2)  # type: ignore[arg-type]
+        store.down = True
+        await recorder.record("j1", "inference", {"seed": 1}, {"M": 1})  # answered; its record waits here
+        with pytest.raises(StoreUnavailable):  # a synthetic job's id must be stored before it is handed out
+            await recorder.record("s1", "synthetic", {"seed": 2}, None)
+        await recorder.record("j2", "inference", {"seed": 3}, None)
+        with pytest.raises(StoreUnavailable):  # bounded
+            await recorder.record("j3", "inference", {"seed": 4}, None)
+        assert (await recorder.job("j1"))["result"] == {"M": 1} and recorder.deferred == 2
+        store.down = False
+        for _ in range(100):
+            if not recorder.deferred:
+                break
+            await asyncio.sleep(0.05)
+        assert recorder.deferred == 0
+        await recorder.stop()
+
+    asyncio.run(scenario())
+    assert db.get_job("j1")["result"] == {"M": 1} and db.get_job("j2")["request"] == {"seed": 3}
+    assert db.get_job("s1") is None and db.get_job("j3") is None
