@@ -123,11 +123,30 @@ def store_url_of(url: str | None, url_env: str | None, environ: Mapping[str, str
 
 
 class RateLimitSettings(_Settings):
-    """A token bucket per API key (per client address when keys are off), in each ingress replica."""
+    """A token bucket per API key (per client address when keys are off): in Redis, shared by every ingress
+    replica, when `redis_url`/`redis_url_env` name one; else in each ingress replica."""
 
     requests_per_s: float = Field(500.0, ge=0, description="sustained rate per key or client; 0 turns limiting off")
     burst: int = Field(1000, ge=1, description="bucket size: requests allowed at once after an idle period")
     max_clients: int = Field(10000, ge=1, description="buckets kept per replica; idle full ones are dropped first")
+    redis_url: str | None = Field(None, description="redis://[:PASSWORD@]HOST:PORT/DB (or rediss://) holding the "
+                                  "buckets of all ingress replicas; none: per-replica buckets in memory")
+    redis_url_env: str | None = Field(None, description="environment variable holding the Redis URL instead")
+    fail_closed: bool = Field(False, description="while Redis is unreachable answer 503 (true) instead of limiting "
+                              "with per-replica buckets (false: fail open, counted in a metric and logged)")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return url
+
+    @model_validator(mode="after")
+    def _one_redis_source(self) -> RateLimitSettings:
+        if self.redis_url and self.redis_url_env:
+            raise ValueError("give rate_limit.redis_url or rate_limit.redis_url_env, not both")
+        return self
 
 
 class SecuritySettings(_Settings):
