@@ -45,12 +45,22 @@ INPUT_ERRORS = (InputError, InvalidInput)  # the client's fault: retrying cannot
 STORE_RETRY_S = (0.2, 5.0)  # first and longest wait between store calls while the store is unavailable
 
 
+def replica_tag() -> str:
+    """'TAG-' of the Serve replica this runs in (so a lease names its replica), or '' outside Serve."""
+    from ray import serve
+
+    try:
+        return f"{serve.get_replica_context().replica_tag}-"
+    except Exception:  # noqa: BLE001 - not in a replica (a test): the uuid alone
+        return ""
+
+
 class BatchRunner:
     """Runs the batches this replica owns or claims; `start` in the app's lifespan, `stop` at shutdown."""
 
     def __init__(self, store: StoreClient, process: ProcessItem, settings: BatchJobSettings) -> None:
         self.store, self.process, self.settings = store, process, settings
-        self.owner = f"runner-{uuid.uuid4().hex[:12]}"
+        self.owner = f"runner-{replica_tag()}{uuid.uuid4().hex[:12]}"
         self._tasks: dict[str, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._sweeper: asyncio.Task | None = None
