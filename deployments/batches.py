@@ -3,11 +3,12 @@
 A batch is persisted before it is acknowledged (`BatchJobs.submit`), then run here: items go through the
 same generator and PINN pool as single requests, at most `concurrency` at a time (so they batch in the
 pool), each result stored as soon as it exists (`BatchJobs.process`). A sweeper renews this runner's
-leases (lease protocol in `store.py`) and claims batches whose runner died (their lease expired),
+leases (lease protocol in `store/database.py`) and claims batches whose runner died (their lease expired),
 resuming them from their unfinished items. Input errors (`InputError`, `InvalidInput`) fail an item at
 once; any other error (a replica restarting, a fault of ours) is retried `item_retries` times, then fails
 the item with the reason. Nothing is lost: a batch ends completed, or failed with a reason.
 
+Items are marked running and finished in groups (one store call and one commit per group, `GroupedCalls`).
 While the job store is unavailable (`StoreUnavailable`) the runner waits it out instead of failing: its
 store calls are retried with a backoff (results computed meanwhile are kept until they are stored), and
 after an outage it only renews its leases for one lease TTL before it claims orphans again, so a batch
@@ -29,6 +30,7 @@ from lensing.limits import InputError
 from lensing.synthetic import MapRequest
 
 from .batch_items import BatchItem, BatchOptions
+from .grouping import GroupedCalls
 from .http.codecs import check_map
 from .http.errors import InvalidInput, StoreUnavailable, UnknownId
 from .http.schemas import BatchRequest
@@ -63,6 +65,12 @@ class BatchRunner:
         self.owner = f"runner-{replica_tag()}{uuid.uuid4().hex[:12]}"
         self._tasks: dict[str, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._stopped = False
+        # Items start and finish in groups: one store call and one commit for the items that finish while
+        # the previous group is being stored (a lone item goes at once), as job records do (recorder.py).
+        self._starts: GroupedCalls[str, None] = GroupedCalls(self._start_items, max_group=256, in_flight=1)
+        self._finishes: GroupedCalls[tuple[str, dict | None, str | None], bool] = GroupedCalls(
+            self._finish_items, max_group=256, in_flight=1)
         self._sweeper: asyncio.Task | None = None
         self._claims_after = 0.0  # time.monotonic() before which sweeps only renew (set by an outage)
         self._store_down = False
@@ -72,6 +80,7 @@ class BatchRunner:
 
     async def stop(self) -> None:
         """Cancel everything and hand the leases back, so another replica resumes at its next sweep."""
+        self._stopped = True
         owned = list(self._tasks)
         tasks = [t for t in (self._sweeper, *self._tasks.values()) if t is not None]
         for task in tasks:
@@ -130,8 +139,17 @@ class BatchRunner:
             try:
                 return await getattr(self.store, method).remote(*args, **kwargs)
             except StoreUnavailable:
+                if self._stopped:
+                    raise
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, longest)
+
+    async def _start_items(self, job_ids: list[str]) -> list[None]:
+        await self._stored("start_items", job_ids)
+        return [None] * len(job_ids)
+
+    async def _finish_items(self, finished: list[tuple[str, dict | None, str | None]]) -> list[bool]:
+        return await self._stored("finish_items", finished)
 
     async def _run(self, batch_id: str) -> None:
         try:
@@ -145,7 +163,7 @@ class BatchRunner:
 
     async def _run_item(self, options: BatchOptions, item: BatchItem) -> None:
         async with self._slots:
-            await self._stored("start_item", item.job_id)
+            await self._starts.submit(item.job_id)
             error = "not run"
             for attempt in range(self.settings.item_retries + 1):
                 try:
@@ -160,9 +178,9 @@ class BatchRunner:
                     logger.warning("batch item %s attempt %d failed: %s", item.job_id, attempt + 1, error)
                     await asyncio.sleep(0.5 * (attempt + 1))
                 else:
-                    await self._stored("finish_item", item.job_id, result=result)
+                    await self._finishes.submit((item.job_id, result, None))
                     return
-            await self._stored("finish_item", item.job_id, error=error)
+            await self._finishes.submit((item.job_id, None, error))
 
 
 class BatchJobs:

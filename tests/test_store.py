@@ -166,18 +166,34 @@ def test_every_call_is_safe_to_repeat(store_url):
     assert db.get_job("i1")["result"] == {"n": 1} and db.batch_status("b1")["total"] == 2
 
 
+def test_items_start_and_finish_in_groups(store_url):
+    db = JobDatabase(store_url)
+    items = [item(f"i{n}", n) for n in range(450)]  # more than one statement's worth of rows
+    db.create_batch("b1", items, OPTIONS, owner="A", ttl=60)
+    db.start_items([i.job_id for i in items[:300]])
+    assert db.finish_item("i0", result={"first": True})
+    finished = [(i.job_id, {"n": i.index} if i.index % 2 else None, None if i.index % 2 else "bad")
+                for i in items]
+    assert db.finish_items(finished) == [i.index != 0 for i in items]  # i0 was finished: its result stands
+    assert db.finish_items(finished[:3]) == [False] * 3
+    status = db.batch_status("b1")
+    assert (status["completed"], status["failed"]) == (226, 224) and status["results"][0]["result"] == {"first": True}
+    assert status["results"][7]["result"] == {"n": 7} and status["results"][8]["error"] == "bad"
+    assert db.finalize_batch("b1") == "completed"
+
+
 def test_schema_is_versioned_and_a_newer_store_is_refused(store_url):
     db = JobDatabase(store_url)
-    version = db._run(lambda tx: tx.rows("SELECT version FROM schema_version"), write=False)
+    version = db._run(lambda tx: tx.rows("SELECT version FROM schema_version"), transaction=False)
     assert version == [(SCHEMA_VERSION,)]
     JobDatabase(store_url)  # opening again migrates nothing and keeps one row
-    assert db._run(lambda tx: tx.rows("SELECT COUNT(*) FROM schema_version"), write=False) == [(1,)]
+    assert db._run(lambda tx: tx.rows("SELECT COUNT(*) FROM schema_version"), transaction=False) == [(1,)]
     db._run(lambda tx: tx.run("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,)))
     with pytest.raises(RuntimeError, match="newer than this code"):
         JobDatabase(store_url)
 
 
-# The schema of the SQLite store before versioning (deployments/store.py on main), verbatim.
+# The schema of the SQLite store before versioning (deployments/store.py on main): the same DDL, reflowed.
 UNVERSIONED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, batch_id TEXT, batch_index INTEGER,
@@ -220,7 +236,7 @@ def test_a_sqlite_store_written_before_versioning_opens_and_is_migrated(tmp_path
     old.close()
 
     db = JobDatabase(f"sqlite:///{path}")
-    assert db._run(lambda tx: tx.rows("SELECT version FROM schema_version"), write=False) == [(SCHEMA_VERSION,)]
+    assert db._run(lambda tx: tx.rows("SELECT version FROM schema_version"), transaction=False) == [(SCHEMA_VERSION,)]
     assert db.get_job("s1")["request"] == {"M_vir": 1e12, "seed": 3}
     assert db.stats()["requests"] == {"POST /api/v1/synthetic": {"200": 7}}
     assert db.claim_orphans("new", ttl=60, max_attempts=3) == ["b1"]  # the old runner's lease lapsed long ago

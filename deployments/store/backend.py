@@ -74,8 +74,9 @@ class Backend(ABC):
     claim_lock: str = ""
 
     @abstractmethod
-    def run(self, work: Callable[[Transaction], T], write: bool = True) -> T:
-        """`work(tx)` in a transaction (`write=False`: reads only), committed; may be run more than once."""
+    def run(self, work: Callable[[Transaction], T], transaction: bool = True) -> T:
+        """`work(tx)` in one transaction, committed; may be run more than once. `transaction=False`: each
+        statement commits by itself (one round trip): for reads, and for writes of a single statement."""
 
     @abstractmethod
     def tables(self, tx: Transaction) -> set[str]:

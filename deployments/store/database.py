@@ -36,6 +36,7 @@ logger = logging.getLogger("ray.serve")
 
 ACTIVE = ("queued", "running")
 FLUSH_MEMORY_S = 86400.0  # applied flush ids are kept a day: a retried flush comes within an outage
+INSERT_ROWS = 200  # rows per multi-row INSERT (x 6 values: well inside SQLite's 32,766 parameters)
 
 
 def iso(timestamp: float) -> str:
@@ -85,10 +86,10 @@ class JobDatabase:
             logger.info("job store %s: schema version %d -> %d", self.url, found, now)
         self._migrated = True
 
-    def _run(self, work: Callable[[Transaction], Any], write: bool = True) -> Any:
+    def _run(self, work: Callable[[Transaction], Any], transaction: bool = True) -> Any:
         if not self._migrated:
             self._migrate()
-        return self.backend.run(work, write)
+        return self.backend.run(work, transaction)
 
     def close(self) -> None:
         self.backend.close()
@@ -100,15 +101,22 @@ class JobDatabase:
         now = self.clock()
         rows = [(job_id, kind, now, now, json.dumps(request), json.dumps(result) if result is not None else None)
                 for job_id, kind, request, result in jobs]
-        self._run(lambda tx: tx.run_many(
-            "INSERT INTO jobs (job_id, kind, status, created, updated, request, result)"
-            " VALUES (?, ?, 'completed', ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING", rows))
+        chunks = [rows[k:k + INSERT_ROWS] for k in range(0, len(rows), INSERT_ROWS)]
+
+        def work(tx: Transaction) -> None:  # one INSERT statement per chunk: one round trip, one commit
+            for chunk in chunks:
+                tx.run("INSERT INTO jobs (job_id, kind, status, created, updated, request, result) VALUES "
+                       + ", ".join(["(?, ?, 'completed', ?, ?, ?, ?)"] * len(chunk))
+                       + " ON CONFLICT (job_id) DO NOTHING", [value for row in chunk for value in row])
+
+        if chunks:
+            self._run(work, transaction=len(chunks) > 1)
 
     def get_job(self, job_id: str) -> dict | None:
         """The API record of a job, or None."""
         row = self._run(lambda tx: tx.one(
             "SELECT job_id, kind, status, batch_id, created, updated, request, result, error FROM jobs"
-            " WHERE job_id = ?", (job_id,)), write=False)
+            " WHERE job_id = ?", (job_id,)), transaction=False)
         if row is None:
             return None
         job_id, kind, status, batch_id, created, updated, request, result, error = row
@@ -122,7 +130,7 @@ class JobDatabase:
         marks = ",".join("?" * len(job_ids))
         rows = self._run(lambda tx: tx.rows(
             f"SELECT job_id, request FROM jobs WHERE kind = 'synthetic' AND job_id IN ({marks})", list(job_ids)),
-            write=False)
+            transaction=False)
         return {job_id: json.loads(request) for job_id, request in rows}
 
     # --- batches ---------------------------------------------------------------------------------
@@ -175,22 +183,18 @@ class JobDatabase:
         """Extend the leases `owner` still holds; returns those batch ids."""
         if not batch_ids:
             return []
-        now = self.clock()
         marks = ",".join("?" * len(batch_ids))
-
-        def work(tx: Transaction) -> list[str]:
-            tx.run(f"UPDATE batches SET lease_until = ? WHERE owner = ? AND status IN ('queued', 'running')"
-                   f" AND batch_id IN ({marks})", (now + ttl, owner, *batch_ids))
-            return [row[0] for row in tx.rows(f"SELECT batch_id FROM batches WHERE owner = ? AND status IN"
-                                              f" ('queued', 'running') AND batch_id IN ({marks})", (owner, *batch_ids))]
-
-        return self._run(work)
+        rows = self._run(lambda tx: tx.rows(
+            f"UPDATE batches SET lease_until = ? WHERE owner = ? AND status IN ('queued', 'running')"
+            f" AND batch_id IN ({marks}) RETURNING batch_id", (self.clock() + ttl, owner, *batch_ids)),
+            transaction=False)
+        return sorted(batch_id for (batch_id,) in rows)
 
     def release(self, owner: str) -> None:
         """Hand back `owner`'s leases at a graceful shutdown; the handover does not count as an attempt."""
         self._run(lambda tx: tx.run(
             "UPDATE batches SET lease_until = 0, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
-            " WHERE owner = ? AND status IN ('queued', 'running')", (owner,)))
+            " WHERE owner = ? AND status IN ('queued', 'running')", (owner,)), transaction=False)
 
     def pending_items(self, batch_id: str) -> tuple[BatchOptions, list[BatchItem]]:
         """(batch options, its unfinished items in order); marks a queued batch running."""
@@ -210,18 +214,39 @@ class JobDatabase:
         return BatchOptions.from_stored(json.loads(options[0])), items
 
     def start_item(self, job_id: str) -> None:
-        self._run(lambda tx: tx.run(
-            "UPDATE jobs SET status = 'running', updated = ? WHERE job_id = ? AND status = 'queued'",
-            (self.clock(), job_id)))
+        self.start_items([job_id])
+
+    def start_items(self, job_ids: Sequence[str]) -> None:
+        """Mark queued items running (one statement)."""
+        if job_ids:
+            marks = ",".join("?" * len(job_ids))
+            self._run(lambda tx: tx.run(f"UPDATE jobs SET status = 'running', updated = ? WHERE job_id IN ({marks})"
+                                        " AND status = 'queued'", (self.clock(), *job_ids)), transaction=False)
 
     def finish_item(self, job_id: str, result: dict | None = None, error: str | None = None) -> bool:
         """Record an item's result (or error) once; its stored input is dropped. False when the item was
         finished already (by this call, repeated, or by another runner): the first result stands."""
-        status = "failed" if error is not None else "completed"
-        return bool(self._run(lambda tx: tx.run(
-            "UPDATE jobs SET status = ?, result = ?, error = ?, input = NULL, updated = ?"
-            " WHERE job_id = ? AND status IN ('queued', 'running')",
-            (status, json.dumps(result) if result is not None else None, error, self.clock(), job_id))))
+        return self.finish_items([(job_id, result, error)])[0]
+
+    def finish_items(self, finished: Sequence[tuple[str, dict | None, str | None]]) -> list[bool]:
+        """`finish_item` for many (job_id, result, error) in one transaction (one commit); whether each recorded."""
+        now = self.clock()
+        rows = [(job_id, "failed" if error is not None else "completed",
+                 json.dumps(result) if result is not None else None, error) for job_id, result, error in finished]
+        chunks = [rows[k:k + INSERT_ROWS] for k in range(0, len(rows), INSERT_ROWS)]
+
+        def work(tx: Transaction) -> set[str]:  # one UPDATE per chunk, from a VALUES list (columnN in both dialects)
+            recorded: set[str] = set()
+            for chunk in chunks:
+                recorded.update(job_id for (job_id,) in tx.rows(
+                    "UPDATE jobs SET status = v.column2, result = v.column3, error = v.column4, input = NULL,"
+                    " updated = ? FROM (VALUES " + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + ") AS v"
+                    " WHERE jobs.job_id = v.column1 AND jobs.status IN ('queued', 'running') RETURNING jobs.job_id",
+                    [now, *(value for row in chunk for value in row)]))
+            return recorded
+
+        recorded = self._run(work, transaction=len(chunks) > 1) if chunks else set()
+        return [job_id in recorded for job_id, *_ in rows]
 
     def finalize_batch(self, batch_id: str) -> str:
         """Close a batch whose items are all finished: 'failed' if every item failed, else 'completed'."""
@@ -258,7 +283,7 @@ class JobDatabase:
             return batch, tx.rows("SELECT batch_index, job_id, source, status, result, error FROM jobs"
                                   " WHERE batch_id = ? ORDER BY batch_index", (batch_id,))
 
-        batch, rows = self._run(work, write=False)
+        batch, rows = self._run(work, transaction=False)
         if batch is None:
             return None
         status, total, created, updated, error = batch
@@ -295,7 +320,7 @@ class JobDatabase:
         rows = self._run(lambda tx: tx.rows(
             "SELECT 'job', status, 0, COUNT(*) FROM jobs GROUP BY status"
             " UNION ALL SELECT 'batch', status, 0, COUNT(*) FROM batches GROUP BY status"
-            " UNION ALL SELECT 'request', endpoint, status, count FROM request_counts"), write=False)
+            " UNION ALL SELECT 'request', endpoint, status, count FROM request_counts"), transaction=False)
         jobs: dict[str, int] = {}
         batches: dict[str, int] = {}
         requests: dict[str, dict[str, int]] = {}

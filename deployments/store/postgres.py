@@ -130,7 +130,7 @@ class PostgresBackend(Backend):
         self._available = True
         self._state_lock = threading.Lock()
 
-    def run(self, work: Callable[[Transaction], T], write: bool = True) -> T:
+    def run(self, work: Callable[[Transaction], T], transaction: bool = True) -> T:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 conn, reused = self._pool.acquire()
@@ -139,7 +139,7 @@ class PostgresBackend(Backend):
             try:
                 with conn.cursor() as cursor:
                     tx = PostgresTransaction(cursor)
-                    if not write:
+                    if not transaction:
                         result = work(tx)
                     else:
                         with conn.transaction():

@@ -50,11 +50,11 @@ class SQLiteBackend(Backend):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def run(self, work: Callable[[Transaction], T], write: bool = True) -> T:
+    def run(self, work: Callable[[Transaction], T], transaction: bool = True) -> T:
         tx = SQLiteTransaction(self._db)
         try:
             with self._lock:
-                if not write:  # reads see the last commit; every write goes through this lock
+                if not transaction:  # statements commit one by one; every write goes through this lock
                     return work(tx)
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
