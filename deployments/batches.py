@@ -11,8 +11,9 @@ the item with the reason. Nothing is lost: a batch ends completed, or failed wit
 Items are marked running and finished in groups (one store call and one commit per group, `GroupedCalls`).
 While the job store is unavailable (`StoreUnavailable`) the runner waits it out instead of failing: its
 store calls are retried with a backoff (results computed meanwhile are kept until they are stored), and
-after an outage it only renews its leases for one lease TTL before it claims orphans again, so a batch
-whose lease lapsed during the outage goes back to its live runner, not to whichever sweeps first.
+after an outage it only renews its leases for one lease TTL (from its first sweep that reaches the store)
+before it claims orphans again, so a batch whose lease lapsed during the outage goes back to its live
+runner, not to whichever runner sweeps first.
 """
 
 from __future__ import annotations
@@ -109,7 +110,6 @@ class BatchRunner:
                 if not self._store_down:
                     logger.warning("job store unavailable: batches wait for it (results are kept until stored)")
                 self._store_down = True
-                self._claims_after = time.monotonic() + self.settings.lease_ttl_s
             except Exception:
                 logger.exception("batch sweep failed")
             await asyncio.sleep(self.settings.lease_ttl_s / 3)
@@ -117,9 +117,10 @@ class BatchRunner:
     async def _sweep(self) -> None:
         owned = list(self._tasks)
         kept = set(await self.store.renew.remote(self.owner, owned, self.settings.lease_ttl_s))
-        if self._store_down:
+        if self._store_down:  # every live runner renews within one TTL of this; claims wait that long
             logger.info("job store back: %d leases renewed", len(kept))
             self._store_down = False
+            self._claims_after = time.monotonic() + self.settings.lease_ttl_s
         for batch_id in owned:
             if batch_id not in kept and batch_id in self._tasks:
                 logger.warning("lost the lease of batch %s; stopping it here", batch_id)
