@@ -105,7 +105,8 @@ def main() -> None:
         config["http_options"]["port"] = port
         application = config["applications"][0]
         application["runtime_env"] = {"env_vars": {"LENSING_GPU_BENCH_KEYS": KEY}}
-        application["args"]["store_path"] = str(Path(workdir) / "store.sqlite")
+        application["args"]["store_url"] = f"sqlite:///{Path(workdir) / 'store.sqlite'}"
+        application["args"].pop("store_url_env", None)
         application["args"]["security"] = {"require_api_keys": True, "api_keys_env": "LENSING_GPU_BENCH_KEYS"}
         deploy(config, Path(workdir) / "app.yaml", cluster.dashboard_url, cluster.env)
         base = f"http://127.0.0.1:{port}"

@@ -218,7 +218,7 @@ def serve_app(duration: float, weights: str | None, results: dict) -> None:
         config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         config["http_options"]["port"] = port
         args = config["applications"][0].setdefault("args", {})
-        args["store_path"] = str(Path(workdir) / "store.sqlite")
+        args["store_url"] = f"sqlite:///{Path(workdir) / 'store.sqlite'}"
         if weights:
             args["predictor"] = {"weights": f"{weights}/pinn.safetensors", "card": f"{weights}/pinn_card.json"}
         config["applications"].append({"name": "noop", "route_prefix": "/noop", "import_path": "bench.serve_noop:app"})

@@ -192,7 +192,7 @@ def main() -> None:
         config["http_options"]["port"] = port
         application = config["applications"][0]
         application["runtime_env"] = {"env_vars": {"LENSING_API_KEYS": API_KEY}}
-        application["args"]["store_path"] = str(Path(workdir) / "store.sqlite")
+        application["args"]["store_url"] = f"sqlite:///{Path(workdir) / 'store.sqlite'}"
         application["args"]["security"].update(require_api_keys=True, api_keys_env="LENSING_API_KEYS",
                                                rate_limit={"requests_per_s": 100000, "burst": 100000})
         path = Path(workdir) / "serve.yaml"

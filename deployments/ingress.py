@@ -24,6 +24,7 @@ from .pinn_pool import PoolClient
 from .recorder import JobRecorder
 from .request_stats import RequestStats
 from .settings import INGRESS_REPLICA, AppSettings
+from .store.client import StoreClient
 from .synthesis import Synthesis
 
 
@@ -32,15 +33,16 @@ from .synthesis import Synthesis
 class Ingress:
     def __init__(self, settings: AppSettings, generator: DeploymentHandle, predictor: DeploymentHandle,
                  store: DeploymentHandle) -> None:
-        self.settings, self.store = settings, store
-        recorder = JobRecorder(store)
+        # every part reaches the store through the client: timeouts, retries on a lost replica, StoreUnavailable
+        self.settings, self.store = settings, StoreClient(store, timeout_s=2 * settings.store_timeout_s)
+        recorder = JobRecorder(self.store)
         self.pool = PoolClient(predictor, settings.pool)
         self.synthesis = Synthesis(generator, recorder)
         self.inference = Inference(self.pool, recorder)
-        self.batches = BatchJobs(store, recorder, self.synthesis, self.inference, settings.batch,
+        self.batches = BatchJobs(self.store, recorder, self.synthesis, self.inference, settings.batch,
                                  settings.security.max_map_side)
         self.recorder = recorder
-        self.request_stats = RequestStats(store, settings.stats_flush_s)
+        self.request_stats = RequestStats(self.store, settings.stats_flush_s)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self, self.settings)

@@ -7,7 +7,7 @@ metrics port with a `ray_` prefix (counters also with `_total`). Endpoint tags a
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]
 STAGE_MS = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0]
@@ -64,3 +64,21 @@ class GeneratorMetrics:
 
     def record(self, profile_type: str, scenario: str | None, fmt: str) -> None:
         self.maps.inc(1, tags={"profile_type": profile_type, "scenario": scenario or "none", "format": fmt})
+
+
+class RateLimitMetrics:
+    """Where an ingress replica's rate-limit buckets are: 1 for the backend in use ("redis" or "memory"), 0
+    for the other; and how often it fell back from Redis to memory (README "Security")."""
+
+    BACKENDS = ("redis", "memory")
+
+    def __init__(self) -> None:
+        self.in_use = Gauge("lensing_rate_limit_backend", "rate-limit buckets in use: 1 for redis or memory",
+                            tag_keys=("backend",))
+        self.fallbacks = Counter("lensing_rate_limit_fallbacks", "switches from Redis to per-replica buckets")
+
+    def backend(self, backend: str, fallback: bool = False) -> None:
+        for name in self.BACKENDS:
+            self.in_use.set(1.0 if name == backend else 0.0, tags={"backend": name})
+        if fallback:
+            self.fallbacks.inc(1)

@@ -13,9 +13,13 @@ Access control and input-size limits are `SecuritySettings` (applied by `http/mi
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .store.backend import dialect_of
 
 MIB = 1024 * 1024
 
@@ -44,8 +48,12 @@ GENERATOR_REPLICA = ReplicaDefaults(num_cpus=0.25, max_ongoing_requests=32)
 # One replica, not autoscaled, on a laptop: a second 1-CPU replica would only split the same cores;
 # batching is the lever there. max_ongoing_requests must be >= PoolBatching.max_batch_size.
 PINN_POOL_REPLICA = ReplicaDefaults(num_cpus=1.0, max_ongoing_requests=64)
-# One replica: with the SQLite backend the store owns its file.
+# One replica: the default SQLite backend owns its file (a PostgreSQL store may run several, set in the config).
 JOB_STORE_REPLICA = ReplicaDefaults(num_cpus=0.1, max_ongoing_requests=256)
+# The custom resource of the node whose disk holds a SQLite store (the head, in the cluster configs):
+# with SQLite, JobStore requests a share of it wherever the cluster offers it.
+STORE_RESOURCE = "lensing_store"
+DEFAULT_STORE_URL = "sqlite:///~/.cache/lensing-serve/store.sqlite"
 # Deployment name (in the serve configs) -> its defaults.
 REPLICA_DEFAULTS = {"Ingress": INGRESS_REPLICA, "SyntheticGenerator": GENERATOR_REPLICA,
                     "PINNPredictor": PINN_POOL_REPLICA, "JobStore": JOB_STORE_REPLICA}
@@ -106,12 +114,48 @@ class PredictorSettings(_Settings):
         return self
 
 
+def store_url_of(url: str | None, url_env: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The store URL: `url`, or the value of the environment variable `url_env` (checked: set, a known scheme)."""
+    if url_env is None:
+        if url is None:
+            raise ValueError("the job store needs store_url or store_url_env")
+        return url
+    value = environ.get(url_env, "").strip()
+    if not value:
+        raise ValueError(f"store_url_env: the environment variable {url_env} that should hold the job store's URL "
+                         "is not set here (set it on every node, e.g. from a Kubernetes Secret)")
+    try:
+        dialect_of(value)
+    except ValueError as exc:
+        raise ValueError(f"store_url_env: ${url_env}: {exc}") from None
+    return value
+
+
 class RateLimitSettings(_Settings):
-    """A token bucket per API key (per client address when keys are off), in each ingress replica."""
+    """A token bucket per API key (per client address when keys are off): in Redis, shared by every ingress
+    replica, when `redis_url`/`redis_url_env` name one; else in each ingress replica."""
 
     requests_per_s: float = Field(500.0, ge=0, description="sustained rate per key or client; 0 turns limiting off")
     burst: int = Field(1000, ge=1, description="bucket size: requests allowed at once after an idle period")
     max_clients: int = Field(10000, ge=1, description="buckets kept per replica; idle full ones are dropped first")
+    redis_url: str | None = Field(None, description="redis://[:PASSWORD@]HOST:PORT/DB (or rediss://) holding the "
+                                  "buckets of all ingress replicas; none: per-replica buckets in memory")
+    redis_url_env: str | None = Field(None, description="environment variable holding the Redis URL instead")
+    fail_closed: bool = Field(False, description="while Redis is unreachable answer 503 (true) instead of limiting "
+                              "with per-replica buckets (false: fail open, counted in a metric and logged)")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return url
+
+    @model_validator(mode="after")
+    def _one_redis_source(self) -> RateLimitSettings:
+        if self.redis_url and self.redis_url_env:
+            raise ValueError("give rate_limit.redis_url or rate_limit.redis_url_env, not both")
+        return self
 
 
 class SecuritySettings(_Settings):
@@ -136,7 +180,12 @@ class SecuritySettings(_Settings):
 class AppSettings(_Settings):
     """Arguments of `build_app` (the `args` of the application in the serve config)."""
 
-    store_path: str = Field("~/.cache/lensing-serve/store.sqlite", description="SQLite file of the job store")
+    store_url: str = Field(DEFAULT_STORE_URL, description="the job store: sqlite:///PATH (embedded, one JobStore "
+                           "replica) or postgresql://USER@HOST:PORT/DB (several replicas; docs/design.md section 10)")
+    store_url_env: str | None = Field(None, description="environment variable holding the store URL instead of "
+                                      "store_url: the way to give a URL with a password")
+    store_timeout_s: float = Field(10.0, gt=0, description="a store call slower than this fails as unavailable "
+                                   "(503): the database's statement timeout and the ingress's wait for the store")
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="larger request bodies get 413")
     stats_flush_s: float = Field(2.0, gt=0, description="how often ingress request counters reach the store")
     batch: BatchJobSettings = BatchJobSettings()
@@ -144,3 +193,19 @@ class AppSettings(_Settings):
     pool: PoolCallSettings = PoolCallSettings()
     stacks: StackLimits = StackLimits()
     security: SecuritySettings = SecuritySettings()
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_scheme(cls, url: str) -> str:
+        dialect_of(url)
+        return url
+
+    @model_validator(mode="after")
+    def _one_store_source(self) -> AppSettings:
+        if self.store_url_env and "store_url" in self.model_fields_set:
+            raise ValueError("give store_url or store_url_env, not both")
+        return self
+
+    def resolved_store_url(self, environ: Mapping[str, str] = os.environ) -> str:
+        """The job store's URL (from `store_url_env` when it is set)."""
+        return store_url_of(self.store_url, self.store_url_env, environ)

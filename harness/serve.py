@@ -58,7 +58,7 @@ def make_config(port: int, store_path: Path) -> dict:
     config = load_yaml(SERVE_CONFIG)
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
-    args.update(store_path=str(store_path), max_body_bytes=8 * MIB, stats_flush_s=0.5)
+    args.update(store_url=f"sqlite:///{store_path}", max_body_bytes=8 * MIB, stats_flush_s=0.5)
     args.setdefault("batch", {}).update(concurrency=2, lease_ttl_s=3.0)
     args.setdefault("predictor", {})
     if weights := os.environ.get("LENSING_SERVE_TEST_WEIGHTS"):
@@ -151,9 +151,11 @@ def code_blocks(markdown: str, language: str) -> list[str]:
 
 @contextmanager
 def deployed(workdir: Path, change: Callable[[dict], Any] | None = None, num_cpus: int = 2,
-             num_gpus: int | None = None, extra_env: dict | None = None, timeout: float = 240) -> Iterator[LiveService]:
+             num_gpus: int | None = None, extra_env: dict | None = None, timeout: float = 240,
+             resources: str | None = None) -> Iterator[LiveService]:
     """A private cluster with the app deployed from `make_config` (then `change`d), healthy; the calling
-    process is a Ray driver of it (for ray.util.state and ray.kill). Everything is stopped on exit."""
+    process is a Ray driver of it (for ray.util.state and ray.kill). Everything is stopped on exit.
+    `resources` are the head's custom resources (JSON, as `ray start --resources`)."""
     import ray
 
     from harness.ray_head import free_port, local_ray_cluster
@@ -163,7 +165,7 @@ def deployed(workdir: Path, change: Callable[[dict], Any] | None = None, num_cpu
     os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {"PYTHONPATH": str(REPO)} | (extra_env or {})
     try:
-        with local_ray_cluster(num_cpus=num_cpus, num_gpus=num_gpus, extra_env=env) as cluster:
+        with local_ray_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, extra_env=env) as cluster:
             ray.init(address=cluster.gcs_address, logging_level=logging.ERROR)
             try:
                 config = make_config(port, workdir / "store.sqlite")

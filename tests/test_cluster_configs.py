@@ -36,6 +36,17 @@ def api_keys_file() -> str | None:
     return load_yaml(GPU_CONFIG)["applications"][0]["args"].get("security", {}).get("api_keys_file")
 
 
+def gpu_args() -> dict:
+    return load_yaml(GPU_CONFIG)["applications"][0]["args"]
+
+
+# Variables the GPU config reads its secrets' URLs from: every node must have them from a secret.
+def url_variables() -> list[str]:
+    args = gpu_args()
+    names = [args.get("store_url_env"), args.get("security", {}).get("rate_limit", {}).get("redis_url_env")]
+    return [name for name in names if name]
+
+
 def pinn_gpus_at_most() -> float:
     """GPUs the PINN pool can hold at its largest (max_replicas x num_gpus per replica)."""
     predictor = deployment(load_yaml(GPU_CONFIG), "PINNPredictor")
@@ -83,6 +94,12 @@ def test_launcher_installs_the_project_and_exports_metrics():
     assert any("prometheus" in c for c in config["head_setup_commands"])
     if keys := api_keys_file():  # setup_commands put the key file where the ingress reads it, on every node
         assert any(keys in c for c in config["setup_commands"]), keys
+    # the store's and Redis' URLs: from a file of the operator's, exported on every node before ray start
+    env_file = next(remote for remote, local in config["file_mounts"].items() if local.endswith("lensing-serve/env"))
+    for command in [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+                    if "ray start" in c]:
+        assert f"set -a; . $HOME/{env_file[2:]}; set +a;" in command, command
+    assert any("chmod 600" in c and env_file[2:] in c for c in config["setup_commands"])
     # Ray's default temp dir, which configs/prometheus.yml reads the discovery file from
     assert "--temp-dir" not in head
     [job] = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
@@ -125,11 +142,12 @@ def test_rayservice_structure():
     assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080}
     assert head["rayStartParams"]["metrics-export-port"] == "8080"
     assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
-    env = {e["name"]: e["value"] for e in head_container["env"]}
+    env = {e["name"]: e.get("value") for e in head_container["env"]}
     assert {"RAY_PROMETHEUS_HOST", "RAY_GRAFANA_HOST", "RAY_GRAFANA_IFRAME_HOST"} <= set(env)
-    # the job store's volume is on the head, at the store_path of the serve config
-    store_dir = str(load_yaml(GPU_CONFIG)["applications"][0]["args"]["store_path"]).rsplit("/", 1)[0]
-    assert store_dir in [m["mountPath"] for m in head_container["volumeMounts"]]
+    # the job store is PostgreSQL: every pod may run a JobStore or ingress replica and reads the URLs from
+    # Secrets (the head also offers lensing_store, where a SQLite store would be pinned)
+    assert gpu_args()["store_url_env"] and "store_url" not in gpu_args()
+    assert "lensing_store" in head["rayStartParams"]["resources"]
 
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     if keys := api_keys_file():  # any pod may run an ingress replica: all mount the key file's secret
@@ -139,6 +157,11 @@ def test_rayservice_structure():
             [container] = spec["containers"]
             mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert mounted.get(keys.rsplit("/", 1)[0]) in secrets, pod.get("groupName", "head")
+    for pod in [head, *groups.values()]:
+        [container] = pod["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for name in url_variables():
+            assert "secretKeyRef" in env[name]["valueFrom"] and "value" not in env[name], (name, pod.get("groupName"))
     images = {head_container["image"]}
     gpu_groups = []
     for group in groups.values():
@@ -159,6 +182,16 @@ def test_rayservice_structure():
     claim_names = {v["persistentVolumeClaim"]["claimName"] for v in head["template"]["spec"]["volumes"]
                    if "persistentVolumeClaim" in v}
     assert claim_names == {c["metadata"]["name"] for c in claims}
+
+
+def test_no_password_in_a_config_file():
+    """Store and Redis URLs with a password come from the environment; the files show placeholders only."""
+    url_with_password = re.compile(r"(postgres(?:ql)?|rediss?)://[^\s/:@]*:(?P<password>[^\s@/]+)@")
+    for path in (GPU_CONFIG, REPO / "serve_config.yaml", AWS, RAYSERVICE):
+        for match in url_with_password.finditer(path.read_text()):
+            assert match["password"] == "PASSWORD", (path.name, match.group(0))
+    aws = yaml.safe_load(AWS.read_text())
+    assert aws["available_node_types"][aws["head_node_type"]]["resources"]["lensing_store"] == 1
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------------

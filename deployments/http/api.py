@@ -86,7 +86,8 @@ DESCRIPTION = (
 )
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses` argument
-ERRORS: Responses = {404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+ERRORS: Responses = {404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error},
+                     503: {"model": Error}}  # 503: the job store is unavailable (Retry-After)
 MAP_RESPONSES: Responses = {
     200: {"content": {NPY: BINARY, FITS: BINARY, PNG: BINARY},
           "description": "the map (JSON, npy, FITS or PNG by Accept)"},

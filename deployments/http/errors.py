@@ -1,4 +1,4 @@
-"""Error responses: 422 naming the field, 413, 404, 406/415, 503, and a bare 500 (never a stack trace:
+"""Error responses: 422 naming the field, 413, 404, 406/415, 503 with Retry-After, and a bare 500 (never a stack trace:
 a generic message and the request id, with the exception logged under that id).
 
 Every 422 has FastAPI's shape, `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`, whether pydantic,
@@ -56,7 +56,16 @@ class UnknownId(LookupError):
 
 
 class Unavailable(RuntimeError):
-    """A dependency (the PINN pool) is not ready (503)."""
+    """A dependency (the PINN pool) is not ready (503 with Retry-After: `retry_after_s`)."""
+
+    retry_after_s = 5
+
+
+class StoreUnavailable(Unavailable):
+    """The job store cannot be reached (its database is down or unreachable, no JobStore replica answers):
+    the request may succeed when retried, so a 503, never a 500. Faults of ours in the store stay 500s."""
+
+    retry_after_s = 2
 
 
 class PayloadTooLarge(Exception):
@@ -117,7 +126,7 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, 413)
 
     async def unavailable(_: Request, exc: Unavailable) -> Response:
-        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": str(exc.retry_after_s)})
 
     async def http_error(_: Request, exc: HTTPException) -> Response:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):

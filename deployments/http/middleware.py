@@ -19,10 +19,11 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import timing
+from ..metrics import RateLimitMetrics
 from ..settings import AppSettings
 from .codecs import json_response
 from .errors import BodyTooLarge
-from .security import AccessControl, KeyStore, RateLimiter, document
+from .security import AccessControl, KeyStore, document, rate_limiter
 
 Recorder = Callable[[str, str, int, float, dict[str, float]], None]  # endpoint, method, status, latency_ms, stages
 
@@ -99,7 +100,8 @@ def install(app: FastAPI, settings: AppSettings, record: Recorder) -> None:
     """
     security = settings.security
     keys = KeyStore(security)
-    limiter = RateLimiter(security.rate_limit) if security.rate_limit.requests_per_s > 0 else None
+    limit = security.rate_limit
+    limiter = rate_limiter(limit, metrics=RateLimitMetrics) if limit.requests_per_s > 0 else None
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     if keys.enabled or limiter is not None:
         app.add_middleware(AccessControl, keys=keys if keys.enabled else None, limiter=limiter)

@@ -10,10 +10,17 @@ keys rotate without a redeploy. With keys configured, every path under /api/v1 n
 `/health`, `/docs` and `/openapi.json` stay open.
 
 Rate limits are token buckets: `requests_per_s` sustained, `burst` at once, one bucket per key (per
-client address for requests without a key), held in each ingress replica, so with N ingress replicas
-a client gets at most N times the limit. Every path counts: open paths and requests with a missing or
-wrong key against the client address, so key guessing is limited too.
-A refused request gets 429 with `Retry-After` (whole seconds).
+client address for requests without a key). With `rate_limit.redis_url` (or `redis_url_env`) the buckets
+live in Redis and every ingress replica takes its tokens there, in one Lua script run atomically by the
+server (EVALSHA), on the server's clock, each bucket a hash that expires once it would be full again: the
+limit holds across all replicas (`SharedRateLimiter`). Without Redis, each ingress replica holds its own
+buckets in memory (`RateLimiter`), so with N ingress replicas a client gets at most N times the limit.
+If Redis cannot be reached the limiter fails open by default: the replica limits with its own in-memory
+buckets, sets the gauge `lensing_rate_limit_backend{backend="memory"}`, counts the switch in
+`lensing_rate_limit_fallbacks` and logs one line, tries Redis again every `REDIS_RETRY_S` and logs one
+line when it is back; with `rate_limit.fail_closed: true` it answers 503 (Retry-After) instead.
+Every path counts: open paths and requests with a missing or wrong key against the client address, so
+key guessing is limited too. A refused request gets 429 with `Retry-After` (whole seconds).
 
 `python -m deployments.http.security new-key` prints a fresh key and the `sha256:` line for a key file;
 `python -m deployments.http.security hash KEY` prints the line of an existing key.
@@ -30,7 +37,9 @@ import secrets
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -172,6 +181,126 @@ class RateLimiter:
             self.buckets.move_to_end(identity)
         return bucket.take(now)
 
+    async def check(self, identity: str) -> float:
+        """`acquire`, as `AccessControl` calls every limiter."""
+        return self.acquire(identity)
+
+
+class RateLimitUnavailable(RuntimeError):
+    """The shared limit cannot be checked (Redis unreachable) and the limiter fails closed (503)."""
+
+
+# The token bucket of TokenBucket.take, atomically in Redis, on the server's clock (so replicas agree).
+# KEYS[1] the bucket; ARGV rate (tokens/s), burst, TTL (ms). Returns the wait in seconds as text (Lua
+# numbers become integers on the way out). The hash expires once the bucket would be full again.
+TOKEN_BUCKET_LUA = """
+local rate, burst, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens, updated = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or updated == nil then
+  tokens, updated = burst, now
+end
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ttl)
+return tostring(wait)
+"""
+KEY_PREFIX = "lensing:rate:"
+REDIS_TIMEOUT_S = 0.25  # a Redis call slower than this counts as Redis being down (the request goes on)
+REDIS_RETRY_S = 2.0  # while Redis is down, try it again this often
+
+
+class SharedRateLimiter:
+    """Token buckets in Redis, shared by every ingress replica; fails open to this replica's in-memory
+    buckets (or closed: `RateLimitUnavailable`) while Redis cannot be reached (module docstring)."""
+
+    def __init__(self, settings: RateLimitSettings, url: str | None, metrics: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.fail_closed = settings.requests_per_s, settings.burst, settings.fail_closed
+        self.url, self.metrics, self.clock = url, metrics, clock
+        self.memory = RateLimiter(settings, clock)
+        self.ttl_ms = math.ceil(1000 * (self.burst / self.rate + 1))
+        self.backend = "redis" if url else "memory"
+        self._retry_at = 0.0
+        self._script: Any = None
+        if metrics is not None:
+            metrics.backend(self.backend)
+
+    def _take_script(self) -> Any:
+        """The registered script, on a client created in the running event loop (redis.asyncio binds to it)."""
+        if self._script is None:
+            assert self.url is not None
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=REDIS_TIMEOUT_S,  # no retries: a
+                                                  socket_connect_timeout=REDIS_TIMEOUT_S,  # failure falls back
+                                                  retry=Retry(NoBackoff(), 0))
+            self._script = client.register_script(TOKEN_BUCKET_LUA)
+        return self._script
+
+    async def check(self, identity: str) -> float:
+        """0 if the request may go ahead, else its Retry-After in seconds; RateLimitUnavailable when failing closed."""
+        if self.url is not None and self.clock() >= self._retry_at:
+            from redis.exceptions import RedisError
+
+            try:
+                wait = await self._take_script()(keys=[KEY_PREFIX + identity],
+                                                 args=[repr(self.rate), self.burst, self.ttl_ms])
+            except (RedisError, OSError) as exc:
+                self._retry_at = self.clock() + REDIS_RETRY_S
+                self._switch("memory", exc)
+            else:
+                self._switch("redis")
+                return float(wait)
+        if self.url is not None and self.fail_closed:
+            raise RateLimitUnavailable("the shared rate limit cannot be checked (Redis unreachable); retry shortly")
+        return self.memory.acquire(identity)
+
+    def _switch(self, backend: str, cause: BaseException | None = None) -> None:
+        if backend == self.backend:
+            return
+        self.backend = backend
+        if self.metrics is not None:
+            self.metrics.backend(backend, fallback=backend == "memory")
+        if backend == "memory":
+            then = "answers 503" if self.fail_closed else "limits with this replica's own buckets"
+            logger.warning("rate limits: Redis unreachable (%s); %s until it is back",
+                           f"{type(cause).__name__}: {cause}".splitlines()[0], then)
+        else:
+            logger.info("rate limits: Redis reachable again; buckets are shared by all ingress replicas")
+
+
+def rate_limiter(settings: RateLimitSettings, environ: Mapping[str, str] = os.environ,
+                 metrics: Callable[[], Any] | None = None) -> RateLimiter | SharedRateLimiter:
+    """The limiter the settings ask for: in Redis when a URL is given (or its variable is set), else in memory.
+
+    An unset `redis_url_env` fails the start when the limiter fails closed, and limits per replica (with a
+    log line) otherwise."""
+    url = settings.redis_url
+    if settings.redis_url_env:
+        url = environ.get(settings.redis_url_env, "").strip() or None
+        if url is None:
+            if settings.fail_closed:
+                raise RuntimeError(f"rate_limit.fail_closed is set but ${settings.redis_url_env} (the Redis URL) "
+                                   "is not set")
+            logger.warning("rate limits: $%s (the Redis URL) is not set; each ingress replica limits alone",
+                           settings.redis_url_env)
+        elif not url.startswith(("redis://", "rediss://", "unix://")):
+            raise RuntimeError(f"${settings.redis_url_env} must hold a redis://, rediss:// or unix:// URL")
+    if url is None:
+        return RateLimiter(settings)
+    return SharedRateLimiter(settings, url, metrics() if metrics is not None else None)
+
 
 def bearer_token(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
@@ -188,7 +317,7 @@ def is_protected(path: str) -> bool:
 class AccessControl:
     """401 without a valid key on /api/v1 (when keys are configured), 429 past the rate limit."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore | None, limiter: RateLimiter | None) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyStore | None, limiter: RateLimiter | SharedRateLimiter | None) -> None:
         self.app, self.keys, self.limiter = app, keys, limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,7 +331,12 @@ class AccessControl:
         if self.limiter is not None:  # a refused key counts against the client address (guessing is limited too)
             client = scope.get("client")
             identity = f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"
-            wait = self.limiter.acquire(identity)
+            try:
+                wait = await self.limiter.check(identity)
+            except RateLimitUnavailable as exc:
+                response = json_response({"detail": str(exc)}, 503, headers={"Retry-After": str(math.ceil(
+                    REDIS_RETRY_S))})
+                return await response(scope, receive, send)
             if wait > 0:
                 response = json_response({"detail": "rate limit exceeded; retry later"}, 429,
                                          headers={"Retry-After": str(max(1, math.ceil(wait)))})
