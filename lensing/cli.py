@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 from .pinn import calibration, evaluate, train
-from .limits import ELLIPTICITY, GRID_SIZE, MASS, NOISE_SIGMA, POSITION_ANGLE, SCALE_RADIUS, InputError
+from .limits import DEC, ELLIPTICITY, GRID_SIZE, MASS, MAX_CENTER_FRACTION, NOISE_SIGMA, POSITION_ANGLE, SCALE_RADIUS, InputError
 from .io import save_npy, save_png, write_fits
 from .profiles import PROFILE_TYPES
 from .scenarios import SCENARIOS
@@ -58,6 +58,13 @@ _OPTIONS = (
             "draw and the noise; omit for a fresh draw"),
     _Option("--noise-sigma", "noise_sigma", float, "standard deviation of Gaussian noise added to kappa "
             f"(dimensionless convergence), in {NOISE_SIGMA.text()}"),
+    _Option("--center-x-kpc", "center_x_kpc", float, "host centre along x in physical kpc from the map centre, "
+            f"at most {MAX_CENTER_FRACTION:g} x the field of view"),
+    _Option("--center-y-kpc", "center_y_kpc", float, "host centre along y in physical kpc from the map centre, "
+            f"at most {MAX_CENTER_FRACTION:g} x the field of view"),
+    _Option("--ra", "ra", float, "right ascension of the host centre in degrees (ICRS), in [0, 360), for the "
+            "FITS sky coordinates"),
+    _Option("--dec", "dec", float, f"declination of the host centre in degrees (ICRS), in {DEC.text()}"),
 )
 _FLAG_OF_FIELD = {option.field: option.flag for option in _OPTIONS}
 _CHOICES = {"profile_type": PROFILE_TYPES, "scenario": SCENARIOS}

@@ -17,6 +17,7 @@ import numpy as np
 from astropy.io import fits
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .limits import FOV, InputError
 from .synthetic import SyntheticMap
@@ -111,6 +112,10 @@ _CARDS = (
     _Card("R_S", "scale_radius", "[kpc] host NFW scale radius"),
     _Card("ELLIP", "ellipticity", "host (1-q)/(1+q), q = minor/major axes"),
     _Card("PA", "position_angle", "[deg] host position angle, CCW from +x"),
+    _Card("CENX_KPC", "center_x_kpc", "[kpc] host centre x from the map centre"),
+    _Card("CENY_KPC", "center_y_kpc", "[kpc] host centre y from the map centre"),
+    _Card("HALO_RA", "ra", "[deg] host centre right ascension (ICRS)"),
+    _Card("HALO_DEC", "dec", "[deg] host centre declination (ICRS)"),
     _Card("CONC", "concentration", "host concentration r_200/r_s"),
     _Card("R200", "r200_kpc", "[kpc] host r_200 (200 rho_crit at z_lens)"),
     _Card("RHO_S", "rho_s", "[Msun/kpc3] host NFW characteristic density"),
@@ -121,27 +126,49 @@ _CARDS = (
     _Card("SEED", "seed", "seed of scenario and noise; blank: none"),
     _Card("NOISE", "noise_sigma", "sigma of the Gaussian noise added to kappa"),
 )
+KPC_WCS_KEY = "A"  # the lens-plane WCS in kpc is the alternate WCS 'A'; the primary one is celestial
 
 
 def fits_header(smap: SyntheticMap) -> fits.Header:
-    """Header of a synthetic map: a linear WCS in kpc plus the geometry and host cards of `_CARDS`.
+    """Header of a synthetic map: a celestial WCS (primary), a linear kpc WCS (alternate 'A') and the
+    geometry and host cards of `_CARDS`.
 
-    FITS pixel p (1-based) along an axis has centre CRVAL + (p - CRPIX) CDELT = (p - 1 - (N-1)/2) fov/N,
-    the pixel centres of docs/design.md section 3; axis 1 is x (numpy axis 1), axis 2 is y (numpy axis 0).
+    Primary WCS: RA---TAN / DEC--TAN (ICRS, degrees), the host centre (request `ra`, `dec`) at its pixel
+    position, pixel side = pixel_scale_kpc / D_l(z_lens) radians, north up and east left (CDELT1 < 0,
+    so +x on the map points west). DS9, astropy's `WCS(header)` and most viewers read the primary WCS,
+    so they show sky coordinates; `WCS(header, key='A')` gives the lens plane in kpc.
+    Alternate WCS 'A': FITS pixel p (1-based) along an axis has centre CRVAL + (p - CRPIX) CDELT =
+    (p - 1 - (N-1)/2) fov/N kpc, the pixel centres of docs/design.md section 3 (offsets from the map
+    centre); axis 1 is x (numpy axis 1), axis 2 is y (numpy axis 0).
     Floats are written in the shortest form that round-trips (exact for every value of the API box);
     FITS limits a value to 20 characters, so the rare longer one keeps 16 significant digits.
     """
-    n = smap.request.grid_size
+    request, n = smap.request, smap.request.grid_size
+    pixel_kpc = smap.pixel_scale_kpc
+    pixel_deg = smap.geometry.kpc_to_arcsec(pixel_kpc) / 3600.0
     header = fits.Header()
     header["BTYPE"] = ("kappa", "lensing convergence (dimensionless)")
+    header["WCSAXES"] = (2, "two image axes")
+    header["WCSNAME"] = ("sky", "celestial coordinates of the lens plane")
+    header["RADESYS"] = ("ICRS", "celestial reference frame")
+    centre_pixel = {1: (n + 1) / 2 + request.center_x_kpc / pixel_kpc, 2: (n + 1) / 2 + request.center_y_kpc / pixel_kpc}
+    for axis, ctype, value, sign in ((1, "RA---TAN", request.ra, -1.0), (2, "DEC--TAN", request.dec, 1.0)):
+        header[f"CTYPE{axis}"] = (ctype, "gnomonic projection")
+        header[f"CUNIT{axis}"] = ("deg", "degrees")
+        header[f"CRPIX{axis}"] = (centre_pixel[axis], "reference pixel: the host centre")
+        header[f"CRVAL{axis}"] = (value, "[deg] sky coordinate of the host centre")
+        header[f"CDELT{axis}"] = (sign * pixel_deg, "[deg] pixel side at D_l(z_lens)")
+    key = KPC_WCS_KEY
+    header[f"WCSAXES{key}"] = (2, "two image axes")
+    header[f"WCSNAME{key}"] = ("lens plane kpc", "physical kpc from the map centre")
     for axis, label in ((1, "x"), (2, "y")):
-        header[f"CTYPE{axis}"] = (label.upper(), f"lens-plane {label} offset from halo centre")
-        header[f"CUNIT{axis}"] = ("kpc", "physical kpc at the lens redshift")
-        header[f"CRPIX{axis}"] = ((n + 1) / 2, "reference pixel: the map centre")
-        header[f"CRVAL{axis}"] = (0.0, "[kpc] coordinate of the reference pixel")
-        header[f"CDELT{axis}"] = (smap.pixel_scale_kpc, "[kpc] pixel side")
-    values = {**smap.geometry_dict(), **smap.parameters(), "seed": smap.request.seed,
-              "noise_sigma": smap.request.noise_sigma, "profile_type": smap.request.profile_type}
+        header[f"CTYPE{axis}{key}"] = (label.upper(), f"lens-plane {label} offset from the map centre")
+        header[f"CUNIT{axis}{key}"] = ("kpc", "physical kpc at the lens redshift")
+        header[f"CRPIX{axis}{key}"] = ((n + 1) / 2, "reference pixel: the map centre")
+        header[f"CRVAL{axis}{key}"] = (0.0, "[kpc] coordinate of the reference pixel")
+        header[f"CDELT{axis}{key}"] = (pixel_kpc, "[kpc] pixel side")
+    values = {**smap.geometry_dict(), **smap.parameters(), "seed": request.seed, "noise_sigma": request.noise_sigma,
+              "profile_type": request.profile_type, "ra": request.ra, "dec": request.dec}
     for card in _CARDS:
         header[card.keyword] = (values[card.name], card.comment)
     return header
@@ -166,13 +193,18 @@ def fits_cards(header: fits.Header) -> dict:
     return {card.name: header[card.keyword] for card in _CARDS if card.keyword in header}
 
 
+def _image_hdu(hdus: fits.HDUList):
+    hdu = next((h for h in hdus if h.is_image and h.data is not None), None)
+    if hdu is None:
+        raise InputError("body", "not a valid FITS map: no HDU holds image data")
+    return hdu
+
+
 def from_fits_bytes(data: bytes) -> tuple[np.ndarray, dict]:
     """Parse FITS bytes: (validated float64 map, header-derived dict); see `read_fits`."""
     try:
         with fits.open(io.BytesIO(data)) as hdus:
-            hdu = next((h for h in hdus if h.is_image and h.data is not None), None)
-            if hdu is None:
-                raise InputError("body", "not a valid FITS map: no HDU holds image data")
+            hdu = _image_hdu(hdus)
             image = np.array(hdu.data)
             info = fits_cards(hdu.header)
     except (OSError, TypeError) as exc:  # astropy: OSError for a corrupt file, TypeError for truncated data
@@ -201,10 +233,18 @@ LOG_DYNAMIC_RANGE = 1e-4  # colour scale floor relative to the brightest pixel
 
 
 def map_title(smap: SyntheticMap) -> str:
-    """Title naming the host: M_vir, r_s, e and the scenario if any."""
-    title = (rf"$M_\mathrm{{vir}}$ = {smap.request.M_vir:.3g} $M_\odot$, "
-             rf"$r_s$ = {smap.request.scale_radius:.3g} kpc, $e$ = {smap.request.ellipticity:.2f}")
-    return f"{title}, {smap.request.scenario}" if smap.request.scenario else title
+    """Two-line title: the host (M_vir, r_s, e, scenario if any), then the redshifts and the host centre."""
+    request = smap.request
+    host = (rf"$M_\mathrm{{vir}}$ = {request.M_vir:.3g} $M_\odot$, "
+            rf"$r_s$ = {request.scale_radius:.3g} kpc, $e$ = {request.ellipticity:.2f}")
+    if request.scenario:
+        host += f", {request.scenario}"
+    where = rf"$z_\mathrm{{lens}}$ = {request.z_lens:g}, $z_\mathrm{{source}}$ = {request.z_source:g}"
+    if request.center_x_kpc or request.center_y_kpc:
+        where += f", centre ({request.center_x_kpc:.4g}, {request.center_y_kpc:.4g}) kpc"
+    if request.noise_sigma:
+        where += rf", noise $\sigma_\kappa$ = {request.noise_sigma:g}"
+    return f"{host}\n{where}"
 
 
 def map_figure(kappa: np.ndarray, fov_kpc: float, title: str = "") -> Figure:
@@ -228,8 +268,23 @@ def map_figure(kappa: np.ndarray, fov_kpc: float, title: str = "") -> Figure:
     axes.set_xlabel("x [kpc]")
     axes.set_ylabel("y [kpc]")
     axes.set_title(title, fontsize=10)
-    figure.colorbar(image, ax=axes, label=r"convergence $\kappa$")
+    colour_bar = figure.colorbar(image, ax=axes, label=r"convergence $\kappa$ (dimensionless)")
+    colour_bar.set_ticks(_log_ticks(vmin, vmax))
+    colour_bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    colour_bar.ax.yaxis.set_minor_formatter(NullFormatter())
     return figure
+
+
+def _log_ticks(vmin: float, vmax: float) -> list[float]:
+    """Colour-bar ticks at 1, 2, 5 x 10^k inside [vmin, vmax] (fewer when the range spans many decades),
+    plus the peak itself, so the brightest value can be read off the bar."""
+    for mantissas in ((1.0, 2.0, 5.0), (1.0, 3.0), (1.0,)):
+        ticks = [m * 10.0**k for k in range(math.floor(math.log10(vmin)), math.ceil(math.log10(vmax)) + 1)
+                 for m in mantissas if vmin <= m * 10.0**k <= vmax]
+        if len(ticks) <= 9:
+            break
+    ticks = [t for t in ticks if abs(math.log10(vmax / t)) > 0.08]  # no label crowding the peak's
+    return [*ticks, vmax]
 
 
 def render_png(source: SyntheticMap | np.ndarray, fov_kpc: float | None = None, title: str | None = None) -> bytes:

@@ -66,6 +66,14 @@ def as_real(field: str, value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def check_finite(field: str, value: object) -> float:
+    """`value` as a float when it is a finite real number, else InputError naming `field`."""
+    number = as_real(field, value)
+    if not math.isfinite(number):
+        raise InputError(field, f"{field} must be a finite number, got {value!r}")
+    return number
+
+
 def check_finite_positive(field: str, value: object) -> float:
     """`value` as a float when it is finite and > 0, else InputError naming `field`."""
     number = as_real(field, value)
@@ -116,6 +124,13 @@ Z_SOURCE = Range(0.0, 20.0, low_open=True)
 H0 = Range(0.0, 1000.0, "km/s/Mpc", low_open=True)
 OM0 = Range(0.0, 1.0, low_open=True)
 
+# --- where the halo sits ---------------------------------------------------------------------------
+# The host's centre relative to the map centre, per axis, in units of the field of view: at most half of
+# it, so the centre stays on the map (training and evaluation use offsets up to 0.1 of the field).
+MAX_CENTER_FRACTION = 0.5
+RA = Range(0.0, 360.0, "deg")  # right ascension of the halo centre (ICRS)
+DEC = Range(-90.0, 90.0, "deg")  # declination of the halo centre (ICRS)
+
 # --- synthetic maps -------------------------------------------------------------------------------
 GRID_SIZES = (32, 64, 128)  # what /api/v1/synthetic generates (the original specification)
 GRID_SIZE = Range(8, 1024, "px")  # what the library renders
@@ -128,6 +143,9 @@ MAP_SIDE = Range(16, 512, "px")  # square maps of any side in this range are res
 # the float32 input normalisation overflows and the estimate is meaningless.
 MAX_ABS_KAPPA = 1e4
 MC_SAMPLES = Range(1, 1000)
+# Per-pixel standard deviation of kappa given with a map at inference (0: a noiseless map); training covers
+# 0..0.04, larger values are accepted and reported but lie outside what the model has seen.
+INFERENCE_NOISE_SIGMA = Range(0.0, 10.0)
 DEFAULT_MC_SAMPLES = 50
 
 
@@ -137,6 +155,15 @@ def check_redshifts(z_lens: object, z_source: object) -> tuple[float, float]:
     if source <= lens:
         raise InputError("z_source", f"z_source ({source:g}) must be larger than z_lens ({lens:g})")
     return lens, source
+
+
+def check_center(field: str, value: object, fov_kpc: float) -> float:
+    """A halo-centre coordinate (kpc from the map centre) as a float, within half the field of view."""
+    number = as_real(field, value)
+    limit = MAX_CENTER_FRACTION * fov_kpc
+    if not math.isfinite(number) or abs(number) > limit:
+        raise InputError(field, f"{field} must be within +-{limit:g} kpc (half the field of view), got {value!r}")
+    return number
 
 
 def check_maps(maps: object, field: str = "convergence_map") -> np.ndarray:

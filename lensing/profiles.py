@@ -1,13 +1,15 @@
 """Lens profiles in float64 numpy, one class per profile with one interface (`convergence(x, y)`).
 
-Coordinates are physical kpc on the lens plane, relative to the map centre. Each profile holds its
-own dimensionless normalisation kappa_s and scale radius r_s, so hosts (built from HaloParameters)
-and subhalos (built from their own kappa_s) share the same classes.
+Coordinates are physical kpc on the lens plane, relative to the map centre; every profile has a centre
+(center_x, center_y, default 0: the map centre). Each profile holds its own dimensionless normalisation
+kappa_s and scale radius r_s, so hosts (built from HaloParameters) and subhalos (built from their own
+kappa_s) share the same classes.
 
-`convergence_map` renders the pixel grid of docs/design.md section 3. A centred host is symmetric under
-(x, y) -> (-x, -y) (and a spherical one under each reflection), and the grid's pixel centres are
-exactly antisymmetric, so only the independent part is evaluated and mirrored: bit-identical to
-`convergence` on every pixel, at a half (elliptical) or a quarter (spherical) of the cost.
+`convergence_map` renders the pixel grid of docs/design.md section 3. A host centred on the map is
+symmetric under (x, y) -> (-x, -y) (and a spherical one under each reflection), and the grid's pixel
+centres are exactly antisymmetric, so only the independent part is evaluated and mirrored: bit-identical
+to `convergence` on every pixel, at a half (elliptical) or a quarter (spherical) of the cost. An
+off-centre host has no such symmetry on the grid and is evaluated on every pixel.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ import numpy as np
 
 from .grid import DEFAULT_FOV_KPC, pixel_centres, pixel_grid, q_from_ellipticity
 from .halo import HaloParameters
-from .limits import CORE_FRACTION, ELLIPTICITY, POSITION_ANGLE, PROFILE_ELLIPTICITY, InputError, check_choice, check_finite_positive
+from .limits import (
+    CORE_FRACTION,
+    ELLIPTICITY,
+    POSITION_ANGLE,
+    PROFILE_ELLIPTICITY,
+    InputError,
+    check_choice,
+    check_finite,
+    check_finite_positive,
+)
 from .nfw_math import (
     cored_nfw_projected_sq,
     nfw_enclosed,
@@ -144,56 +155,77 @@ class NFW(Profile):
         return magnitude * dx / radius, magnitude * dy / radius
 
 
-class _CentredEllipticalProfile(Profile):
-    """A profile centred on the map and symmetric under (x, y) -> (-x, -y): half a map suffices."""
+class _PointSymmetricProfile(Profile):
+    """A profile symmetric under (x, y) -> (-x, -y) about its centre: half a map suffices when it is centred.
+
+    Subclasses have `center_x`, `center_y` (kpc) and define `_centred_convergence` at offsets from the centre.
+    """
+
+    center_x: float
+    center_y: float
 
     @abstractmethod
+    def _centred_convergence(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """kappa at float64 offsets (dx, dy) from the profile's centre."""
+
     def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """kappa at float64 arrays (x, y)."""
+        return self._centred_convergence(x - self.center_x, y - self.center_y)
 
     def convergence(self, x, y) -> np.ndarray:
         return _blockwise(self._convergence, x, y)
 
     def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
+        if self.center_x != 0.0 or self.center_y != 0.0:
+            return super().convergence_map(grid_size, fov_kpc)
         return _point_symmetric_map(self.convergence, grid_size, fov_kpc)
 
 
+def _check_centre(center_x: float, center_y: float) -> None:
+    check_finite("center_x", center_x)
+    check_finite("center_y", center_y)
+
+
 @dataclass(frozen=True)
-class EllipticalNFW(_CentredEllipticalProfile):
-    """NFW convergence evaluated at the elliptical radius xi (docs/design.md section 3)."""
+class EllipticalNFW(_PointSymmetricProfile):
+    """NFW convergence evaluated at the elliptical radius xi (docs/design.md section 3) about its centre."""
 
     kappa_s: float
     r_s: float
     ellipticity: float
     position_angle_deg: float = 0.0
+    center_x: float = 0.0
+    center_y: float = 0.0
 
     def __post_init__(self) -> None:
         check_finite_positive("kappa_s", self.kappa_s)
         check_finite_positive("scale_radius", self.r_s)
         PROFILE_ELLIPTICITY.check("ellipticity", self.ellipticity)
         POSITION_ANGLE.check("position_angle", self.position_angle_deg)
+        _check_centre(self.center_x, self.center_y)
 
     @classmethod
-    def from_halo(cls, halo: HaloParameters, ellipticity: float, position_angle_deg: float = 0.0) -> "EllipticalNFW":
+    def from_halo(cls, halo: HaloParameters, ellipticity: float, position_angle_deg: float = 0.0,
+                  center_x: float = 0.0, center_y: float = 0.0) -> "EllipticalNFW":
         ELLIPTICITY.check("ellipticity", ellipticity)
-        return cls(halo.kappa_s, halo.r_s, ellipticity, position_angle_deg)
+        return cls(halo.kappa_s, halo.r_s, ellipticity, position_angle_deg, center_x, center_y)
 
     @property
     def q(self) -> float:
         return q_from_ellipticity(self.ellipticity)
 
     def elliptical_radius(self, x, y) -> np.ndarray:
-        """xi (kpc) of docs/design.md section 3."""
+        """xi (kpc) of docs/design.md section 3, about the profile's centre."""
         form = _quadratic_form(self.q, self.position_angle_deg, self.r_s)
-        return self.r_s * np.sqrt(_evaluate_form(form, _as_float64(x), _as_float64(y)))
+        dx, dy = _as_float64(x) - self.center_x, _as_float64(y) - self.center_y
+        return self.r_s * np.sqrt(_evaluate_form(form, dx, dy))
 
-    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _centred_convergence(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
         form = _quadratic_form(self.q, self.position_angle_deg, self.r_s)
-        return 2.0 * self.kappa_s * nfw_projected_sq(_evaluate_form(form, x, y))
+        return 2.0 * self.kappa_s * nfw_projected_sq(_evaluate_form(form, dx, dy))
 
 
 @dataclass(frozen=True)
-class CoredNFW(_CentredEllipticalProfile):
+class CoredNFW(_PointSymmetricProfile):
     """Cored NFW rho = rho_s / ((r + r_c)/r_s (1 + r/r_s)^2), r_c = core_fraction * r_s (SIDM hosts).
 
     Optionally elliptical in the same way as EllipticalNFW. rho_s and r_s are those of the NFW host.
@@ -204,22 +236,26 @@ class CoredNFW(_CentredEllipticalProfile):
     core_fraction: float
     ellipticity: float = 0.0
     position_angle_deg: float = 0.0
+    center_x: float = 0.0
+    center_y: float = 0.0
 
     def __post_init__(self) -> None:
         check_finite_positive("kappa_s", self.kappa_s)
         check_finite_positive("scale_radius", self.r_s)
         CORE_FRACTION.check("core_fraction", self.core_fraction)
         PROFILE_ELLIPTICITY.check("ellipticity", self.ellipticity)
+        _check_centre(self.center_x, self.center_y)
 
     @classmethod
     def from_halo(
-        cls, halo: HaloParameters, core_fraction: float, ellipticity: float = 0.0, position_angle_deg: float = 0.0
+        cls, halo: HaloParameters, core_fraction: float, ellipticity: float = 0.0, position_angle_deg: float = 0.0,
+        center_x: float = 0.0, center_y: float = 0.0,
     ) -> "CoredNFW":
-        return cls(halo.kappa_s, halo.r_s, core_fraction, ellipticity, position_angle_deg)
+        return cls(halo.kappa_s, halo.r_s, core_fraction, ellipticity, position_angle_deg, center_x, center_y)
 
-    def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _centred_convergence(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
         form = _quadratic_form(q_from_ellipticity(self.ellipticity), self.position_angle_deg, self.r_s)
-        return 2.0 * self.kappa_s * cored_nfw_projected_sq(_evaluate_form(form, x, y), self.core_fraction)
+        return 2.0 * self.kappa_s * cored_nfw_projected_sq(_evaluate_form(form, dx, dy), self.core_fraction)
 
 
 @dataclass(frozen=True)
@@ -261,13 +297,16 @@ def host_profile(
     ellipticity: float = 0.0,
     position_angle_deg: float = 0.0,
     core_fraction: float | None = None,
+    center_x: float = 0.0,
+    center_y: float = 0.0,
 ) -> Profile:
-    """The host profile for a request: NFW, elliptical NFW, or a cored (SIDM) version of either."""
+    """The host profile for a request: NFW, elliptical NFW, or a cored (SIDM) version of either, centred at
+    (center_x, center_y) kpc from the map centre."""
     check_choice("profile_type", profile_type, PROFILE_TYPES)
     check_round_nfw(profile_type, ellipticity)
     ELLIPTICITY.check("ellipticity", ellipticity)
     if core_fraction is not None:
-        return CoredNFW.from_halo(halo, core_fraction, ellipticity, position_angle_deg)
+        return CoredNFW.from_halo(halo, core_fraction, ellipticity, position_angle_deg, center_x, center_y)
     if profile_type == "NFW":
-        return NFW.from_halo(halo)
-    return EllipticalNFW.from_halo(halo, ellipticity, position_angle_deg)
+        return NFW.from_halo(halo, center_x, center_y)
+    return EllipticalNFW.from_halo(halo, ellipticity, position_angle_deg, center_x, center_y)

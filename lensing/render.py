@@ -5,8 +5,9 @@ arranges them over a batch: one host per map, any number of subhalos per map. It
 batch generation, for the PINN's physics loss, and for refinement at inference.
 
 Speed without approximation: the squared elliptical radius is a quadratic form a x^2 + b xy + c y^2
-over precomputed grid products; a centred host satisfies kappa(-x, -y) = kappa(x, y) on the exactly
-antisymmetric pixel grid, so only the first ceil(N/2) rows are evaluated and then mirrored; and maps
+over precomputed grid products; a host centred on the map satisfies kappa(-x, -y) = kappa(x, y) on the
+exactly antisymmetric pixel grid, so only the first ceil(N/2) rows are evaluated and then mirrored (a
+batch with off-centre hosts is evaluated on every pixel, at offsets from each host's centre); and maps
 are processed in blocks that keep the temporaries in cache.
 """
 
@@ -49,31 +50,55 @@ def render_hosts(
     phi_rad: torch.Tensor,
     grid_size: int,
     core_fraction: torch.Tensor | None = None,
+    center_x_over_fov: torch.Tensor | None = None,
+    center_y_over_fov: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Convergence maps (B, N, N) of NFW / elliptical NFW / cored hosts centred on each map.
+    """Convergence maps (B, N, N) of NFW / elliptical NFW / cored hosts.
 
-    All inputs have shape (B,). Radii are in units of the field of view, so one call serves maps of
-    any fov; `core_fraction` (r_c / r_s, zero or None for a cusp) selects the cored profile per map.
+    All inputs have shape (B,). Radii and the host centres (offsets from the map centre; None: centred)
+    are in units of the field of view, so one call serves maps of any fov; `core_fraction` (r_c / r_s,
+    zero or None for a cusp) selects the cored profile per map.
     """
     dtype, device = kappa_s.dtype, kappa_s.device
     centres = torch.as_tensor(pixel_centres(grid_size, 1.0), dtype=dtype, device=device)
-    top_rows = grid_size - grid_size // 2
-    x, y = centres[None, :], centres[:top_rows, None]
-    products = torch.stack(torch.broadcast_tensors(x * x, x * y, y * y)).reshape(3, -1)  # (3, rows * N)
+    off_centre = [c for c in (center_x_over_fov, center_y_over_fov) if c is not None and bool((c != 0).any())]
     form = _quadratic_form(ellipticity, phi_rad, r_s_over_fov)
+    if off_centre:
+        zero = torch.zeros_like(kappa_s)
+        x0 = zero if center_x_over_fov is None else center_x_over_fov
+        y0 = zero if center_y_over_fov is None else center_y_over_fov
+
+        def squared_radius(block: slice) -> torch.Tensor:
+            dx = centres[None, None, :] - x0[block, None, None]  # (b, 1, N)
+            dy = centres[None, :, None] - y0[block, None, None]  # (b, N, 1)
+            a, b, c = (form[block, k, None, None] for k in range(3))
+            return (a * dx * dx + b * dx * dy + c * dy * dy).flatten(1)
+
+        rows = grid_size
+    else:
+        top_rows = grid_size - grid_size // 2
+        x, y = centres[None, :], centres[:top_rows, None]
+        products = torch.stack(torch.broadcast_tensors(x * x, x * y, y * y)).reshape(3, -1)  # (3, rows * N)
+
+        def squared_radius(block: slice) -> torch.Tensor:
+            return form[block] @ products  # (b, rows * N)
+
+        rows = top_rows
     cored = core_fraction > 0 if core_fraction is not None else torch.zeros_like(kappa_s, dtype=torch.bool)
     blocks = []
-    step = _block_size(products.shape[1])
+    step = _block_size(rows * grid_size)
     for start in range(0, kappa_s.shape[0], step):
         block = slice(start, start + step)
-        x2 = form[block] @ products  # (b, rows * N)
+        x2 = squared_radius(block)
         shape = nfw_projected_sq(x2)
         if bool(cored[block].any()):
             index = torch.nonzero(cored[block]).squeeze(1)
             b = core_fraction[block][index, None]
             shape = shape.index_copy(0, index, cored_nfw_projected_sq(x2[index], b))
         blocks.append(2.0 * kappa_s[block, None] * shape)
-    top = torch.cat(blocks).reshape(-1, top_rows, grid_size)
+    top = torch.cat(blocks).reshape(-1, rows, grid_size)
+    if off_centre:
+        return top
     return torch.cat([top, top[:, : grid_size // 2].flip(-2, -1)], dim=1)
 
 

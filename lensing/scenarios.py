@@ -17,7 +17,8 @@ Recipes (all draws from one seeded numpy Generator, so a seed reproduces a map e
   c = 5.71 (m / 2e12 h^-1 Msun)^-0.084 (1 + z)^-0.47, truncated (BMO 2009) at the Jacobi radius
   r_t = r (m / (3 M_host(<r)))^(1/3), using the projected distance r for the 3-D one. Positions follow
   the host: projected radii from the host's projected NFW mass profile inside r_200, isotropic angle,
-  stretched to the host's ellipticity and position angle.
+  stretched to the host's ellipticity and position angle, around the host's centre (which may sit off
+  the map centre).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ MIN_TAU = 0.5
 
 @dataclass(frozen=True)
 class Subhalos:
-    """A subhalo population: positions (kpc), masses (Msun) and truncated-NFW lensing parameters."""
+    """A subhalo population: positions (kpc from the map centre), masses (Msun), truncated-NFW lensing parameters."""
 
     x: np.ndarray
     y: np.ndarray
@@ -144,8 +145,9 @@ def _draw_subhalos(
     ellipticity: float,
     position_angle_deg: float,
     half_mode_mass: float | None,
+    center: tuple[float, float],
 ) -> tuple[Subhalos, float]:
-    """Draw a CDM population (thinned for WDM when half_mode_mass is given)."""
+    """Draw a CDM population (thinned for WDM when half_mode_mass is given) around the host's centre (kpc)."""
     fraction = rng.uniform(*SUBHALO_FRACTION_RANGE)
     count = rng.poisson(expected_subhalo_count(fraction))
     low, high = SUBHALO_MASS_RANGE
@@ -161,7 +163,7 @@ def _draw_subhalos(
     x, y = place_on_ellipses(radius, angle, ellipticity, position_angle_deg)
     mass = mass_ratio * halo.M_vir
     kappa_s, r_s, tau = _subhalo_structure(mass, np.maximum(radius, 1e-3 * halo.r_s), halo)
-    return Subhalos(x=x, y=y, mass=mass, kappa_s=kappa_s, r_s=r_s, tau=tau), fraction
+    return Subhalos(x=x + center[0], y=y + center[1], mass=mass, kappa_s=kappa_s, r_s=r_s, tau=tau), fraction
 
 
 def draw_scenario(
@@ -170,8 +172,11 @@ def draw_scenario(
     ellipticity: float = 0.0,
     position_angle_deg: float = 0.0,
     rng: np.random.Generator | int | None = None,
+    center_x: float = 0.0,
+    center_y: float = 0.0,
 ) -> ScenarioRealisation:
-    """Draw scenario `name` ('CDM', 'WDM' or 'SIDM') for a host; `rng` may be a seed."""
+    """Draw scenario `name` ('CDM', 'WDM' or 'SIDM') for a host centred at (center_x, center_y) kpc from the
+    map centre; `rng` may be a seed. The centre only moves the subhalos: the same seed draws the same population."""
     check_choice("scenario", name, SCENARIOS)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     core_fraction = None
@@ -183,7 +188,8 @@ def draw_scenario(
     if name == "WDM":
         half_mode_mass = 10.0 ** rng.uniform(*WDM_HALF_MODE_LOG10_RANGE)
         draws["half_mode_mass_ratio"] = half_mode_mass
-    subhalos, fraction = _draw_subhalos(rng, halo, ellipticity, position_angle_deg, half_mode_mass)
+    subhalos, fraction = _draw_subhalos(rng, halo, ellipticity, position_angle_deg, half_mode_mass,
+                                        (float(center_x), float(center_y)))
     draws["subhalo_fraction_parent"] = fraction
     draws["n_subhalos"] = len(subhalos)
     return ScenarioRealisation(name=name, core_fraction=core_fraction, subhalos=subhalos, draws=draws)

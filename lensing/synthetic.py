@@ -14,7 +14,21 @@ import torch
 from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
 from .grid import DEFAULT_FOV_KPC, check_fov, pixel_grid
 from .halo import HaloParameters, characteristic_density, check_host_box, r200_from_mass
-from .limits import ELLIPTICITY, GRID_SIZE, MASS, NOISE_SIGMA, POSITION_ANGLE, SCALE_RADIUS, InputError, check_choice, check_integer
+from .limits import (
+    DEC,
+    ELLIPTICITY,
+    GRID_SIZE,
+    MASS,
+    MAX_CENTER_FRACTION,
+    NOISE_SIGMA,
+    POSITION_ANGLE,
+    RA,
+    SCALE_RADIUS,
+    InputError,
+    check_center,
+    check_choice,
+    check_integer,
+)
 from .profiles import PROFILE_TYPES, TruncatedNFW, check_round_nfw, host_profile
 from .render import add_subhalos, render_hosts
 from .scenarios import SCENARIOS, ScenarioRealisation, draw_scenario
@@ -38,6 +52,10 @@ class MapRequest:
     scenario: str | None = None
     seed: int | None = None
     noise_sigma: float = 0.0
+    center_x_kpc: float = 0.0  # host centre, kpc from the map centre along x (at most half the fov)
+    center_y_kpc: float = 0.0
+    ra: float = 0.0  # sky position of the host centre (ICRS degrees), for the FITS celestial WCS
+    dec: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("profile_type", self.profile_type, PROFILE_TYPES)
@@ -46,6 +64,12 @@ class MapRequest:
         POSITION_ANGLE.check("position_angle", self.position_angle)
         check_integer("grid_size", self.grid_size, GRID_SIZE)
         check_fov(self.fov_kpc)
+        check_center("center_x_kpc", self.center_x_kpc, self.fov_kpc)
+        check_center("center_y_kpc", self.center_y_kpc, self.fov_kpc)
+        if self.ra == 360.0:
+            raise InputError("ra", "ra must be in [0, 360) deg, got 360.0")
+        RA.check("ra", self.ra)
+        DEC.check("dec", self.dec)
         check_choice("scenario", self.scenario, SCENARIOS, optional=True)
         NOISE_SIGMA.check("noise_sigma", self.noise_sigma)
         if self.seed is not None and (
@@ -89,6 +113,8 @@ class SyntheticMap:
             "scale_radius": self.halo.r_s,
             "ellipticity": self.request.ellipticity,
             "position_angle": self.request.position_angle,
+            "center_x_kpc": self.request.center_x_kpc,
+            "center_y_kpc": self.request.center_y_kpc,
             "concentration": self.halo.concentration,
             "r200_kpc": self.halo.r200,
             "rho_s": self.halo.rho_s,
@@ -133,8 +159,9 @@ def generate_map(request: MapRequest) -> SyntheticMap:
     geometry = request.geometry
     halo = HaloParameters(request.M_vir, request.scale_radius, geometry)
     rng = np.random.default_rng(request.seed)
+    centre = (request.center_x_kpc, request.center_y_kpc)
     scenario = (
-        draw_scenario(request.scenario, halo, request.ellipticity, request.position_angle, rng)
+        draw_scenario(request.scenario, halo, request.ellipticity, request.position_angle, rng, *centre)
         if request.scenario
         else None
     )
@@ -145,6 +172,8 @@ def generate_map(request: MapRequest) -> SyntheticMap:
         request.ellipticity,
         request.position_angle,
         core_fraction=scenario.core_fraction if scenario else None,
+        center_x=centre[0],
+        center_y=centre[1],
     )
     kappa = host.convergence_map(request.grid_size, request.fov_kpc)
     if scenario is not None:
@@ -163,7 +192,10 @@ def generate_map(request: MapRequest) -> SyntheticMap:
 
 @dataclass
 class HostBatch:
-    """Host parameters of a batch of maps, one entry per map (numpy arrays of shape (B,))."""
+    """Host parameters of a batch of maps, one entry per map (numpy arrays of shape (B,)).
+
+    The centre (kpc from the map centre) defaults to zeros: every host centred on its map.
+    """
 
     M_vir: np.ndarray
     scale_radius: np.ndarray
@@ -171,6 +203,13 @@ class HostBatch:
     position_angle: np.ndarray  # degrees
     scenario: np.ndarray  # class id per map, NO_SCENARIO (-1) for a smooth host
     seed: np.ndarray
+    center_x_kpc: np.ndarray | None = None
+    center_y_kpc: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        zeros = np.zeros(np.shape(self.M_vir))
+        self.center_x_kpc = zeros if self.center_x_kpc is None else np.asarray(self.center_x_kpc, np.float64)
+        self.center_y_kpc = zeros.copy() if self.center_y_kpc is None else np.asarray(self.center_y_kpc, np.float64)
 
     def __len__(self) -> int:
         return int(self.M_vir.size)
@@ -217,12 +256,17 @@ def generate_batch(
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Render a batch of maps (B, N, N) in torch: hosts, their scenario draws, optional noise.
+    """Render a batch of maps (B, N, N) in torch: hosts (at their centres), their scenario draws, optional noise.
 
     Scenario draws use each map's own seed, so map k equals `generate_map` for the same parameters.
     """
     geometry = geometry or lens_geometry()
     check_fov(fov_kpc)
+    for name in ("center_x_kpc", "center_y_kpc"):
+        largest = float(np.abs(getattr(hosts, name)).max()) if len(hosts) else 0.0
+        if not largest <= MAX_CENTER_FRACTION * fov_kpc:
+            raise InputError(name, f"{name} must be within +-{MAX_CENTER_FRACTION * fov_kpc:g} kpc (half the "
+                                   f"field of view), got {largest:g}")
     as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float64), dtype=dtype, device=device)  # noqa: E731
     kappa_s = kappa_s_of(hosts.M_vir, hosts.scale_radius, geometry)
     core = np.zeros(len(hosts))
@@ -231,7 +275,7 @@ def generate_batch(
         halo = HaloParameters(float(hosts.M_vir[k]), float(hosts.scale_radius[k]), geometry)
         draw = draw_scenario(
             SCENARIOS[hosts.scenario[k]], halo, float(hosts.ellipticity[k]), float(hosts.position_angle[k]),
-            np.random.default_rng(int(hosts.seed[k])),
+            np.random.default_rng(int(hosts.seed[k])), float(hosts.center_x_kpc[k]), float(hosts.center_y_kpc[k]),
         )
         core[k] = draw.core_fraction or 0.0
         s = draw.subhalos
@@ -244,6 +288,8 @@ def generate_batch(
         as_tensor(np.radians(hosts.position_angle)),
         grid_size,
         core_fraction=as_tensor(core) if core.any() else None,
+        center_x_over_fov=as_tensor(hosts.center_x_kpc / fov_kpc) if hosts.center_x_kpc.any() else None,
+        center_y_over_fov=as_tensor(hosts.center_y_kpc / fov_kpc) if hosts.center_y_kpc.any() else None,
     )
     if sub_index:
         index = torch.as_tensor(np.concatenate(sub_index), dtype=torch.long, device=device)

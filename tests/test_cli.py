@@ -19,11 +19,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEST = MapRequest(
     profile_type="Elliptical NFW", M_vir=2.5e12, scale_radius=120.0, ellipticity=0.3, position_angle=20.0,
     grid_size=32, fov_kpc=600.0, z_lens=0.3, z_source=1.5, scenario="CDM", seed=5, noise_sigma=0.001,
+    center_x_kpc=30.0, center_y_kpc=-12.5, ra=10.5, dec=-5.0,
 )
 ARGS = [
     "--profile-type", "Elliptical NFW", "--mass", "2.5e12", "--scale-radius", "120", "--ellipticity", "0.3",
     "--position-angle", "20", "--grid-size", "32", "--fov-kpc", "600", "--z-lens", "0.3", "--z-source", "1.5",
-    "--scenario", "CDM", "--seed", "5", "--noise-sigma", "0.001",
+    "--scenario", "CDM", "--seed", "5", "--noise-sigma", "0.001", "--center-x-kpc", "30", "--center-y-kpc", "-12.5",
+    "--ra", "10.5", "--dec", "-5",
 ]
 
 

@@ -153,6 +153,24 @@ def test_symmetric_grid_rendering_equals_pointwise_evaluation(grid_size):
         np.testing.assert_array_equal(profile.convergence_map(grid_size, 700.0), profile.convergence(x, y))
 
 
+@pytest.mark.parametrize("grid_size", [9, 64, 65])
+def test_off_centre_profiles_are_the_centred_ones_shifted(grid_size):
+    """An off-centre host falls back from the mirrored fast path to every pixel, and equals the centred
+    profile evaluated at offsets from its centre; an integer-pixel shift moves the map by whole pixels."""
+    halo = HaloParameters(3e12, 90.0, lens_geometry())
+    x, y = pixel_grid(grid_size, 700.0)
+    step = 700.0 / grid_size
+    for centred, shifted in (
+        (NFW.from_halo(halo), NFW.from_halo(halo, 3 * step, -2 * step)),
+        (EllipticalNFW.from_halo(halo, 0.35, -63.0), EllipticalNFW.from_halo(halo, 0.35, -63.0, 3 * step, -2 * step)),
+        (CoredNFW.from_halo(halo, 0.4, 0.2, 100.0), CoredNFW.from_halo(halo, 0.4, 0.2, 100.0, 3 * step, -2 * step)),
+    ):
+        np.testing.assert_array_equal(shifted.convergence_map(grid_size, 700.0), shifted.convergence(x, y))
+        np.testing.assert_allclose(shifted.convergence(x, y), centred.convergence(x - 3 * step, y + 2 * step), rtol=1e-13)
+        moved, original = shifted.convergence_map(grid_size, 700.0), centred.convergence_map(grid_size, 700.0)
+        np.testing.assert_allclose(moved[: grid_size - 2, 3:], original[2:, : grid_size - 3], rtol=1e-12)
+
+
 def test_kappa_scales_with_inverse_sigma_crit_when_the_source_moves():
     mass, r_s, e, phi = random_hosts(seed=19, n=1)[0]
     base = generate_map(MapRequest("Elliptical NFW", mass, r_s, e, phi, grid_size=64, z_source=2.0))
@@ -283,6 +301,8 @@ def batch_of(requests: list[MapRequest]) -> HostBatch:
         position_angle=np.array([r.position_angle for r in requests]),
         scenario=np.array([NO_SCENARIO if r.scenario is None else SCENARIOS.index(r.scenario) for r in requests]),
         seed=np.array([r.seed for r in requests]),
+        center_x_kpc=np.array([r.center_x_kpc for r in requests]),
+        center_y_kpc=np.array([r.center_y_kpc for r in requests]),
     )
 
 
@@ -298,6 +318,26 @@ def test_generate_batch_matches_generate_map(dtype, rtol):
     assert sum(len(generate_map(r).scenario.subhalos) for r in requests if r.scenario) > 0
     for k, request in enumerate(requests):
         np.testing.assert_allclose(maps[k], generate_map(request).convergence, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 5e-5)])
+def test_generate_batch_matches_generate_map_off_centre(dtype, rtol):
+    """Off-centre hosts and their scenario draws (which follow the host's centre) in a batch with centred ones."""
+    rng = np.random.default_rng(41)
+    requests = []
+    for k, (mass, r_s, e, phi) in enumerate(random_hosts(seed=43, n=8)):
+        scenario = (None, "CDM", "WDM", "SIDM")[k % 4]
+        centre = (0.0, 0.0) if k == 0 else tuple(rng.uniform(-100.0, 100.0, 2))
+        requests.append(MapRequest("Elliptical NFW", mass, r_s, e, phi, grid_size=48, scenario=scenario,
+                                   seed=2000 + k, center_x_kpc=centre[0], center_y_kpc=centre[1]))
+    maps = generate_batch(batch_of(requests), grid_size=48, dtype=dtype).double().numpy()
+    for k, request in enumerate(requests):
+        smap = generate_map(request)
+        np.testing.assert_allclose(maps[k], smap.convergence, rtol=rtol)
+        if smap.scenario is not None and len(smap.scenario.subhalos):  # the same draw, moved with the host
+            centred = generate_map(MapRequest(**{**request.__dict__, "center_x_kpc": 0.0, "center_y_kpc": 0.0}))
+            np.testing.assert_allclose(smap.scenario.subhalos.x - centred.scenario.subhalos.x, request.center_x_kpc)
+            np.testing.assert_allclose(smap.scenario.subhalos.y - centred.scenario.subhalos.y, request.center_y_kpc)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

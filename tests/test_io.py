@@ -7,12 +7,17 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import astropy.units as u
+from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from matplotlib.colors import LogNorm
 from matplotlib.image import imread
 
 from lensing import MapRequest, generate_map, lens_geometry
+from lensing.cosmology import MapGeometry
+from lensing.fits_wcs import fits_geometry
+from lensing.limits import InputError
 from lensing.io import (
     FIGURE_SIZE_INCHES,
     PNG_DPI,
@@ -39,7 +44,7 @@ def smap():
     return generate_map(MapRequest(
         profile_type="Elliptical NFW", M_vir=3.3e12, scale_radius=150.0, ellipticity=0.25,
         position_angle=35.0, grid_size=32, fov_kpc=800.0, z_lens=0.4, z_source=1.7,
-        scenario="SIDM", seed=11, noise_sigma=0.003,
+        scenario="SIDM", seed=11, noise_sigma=0.003, center_x_kpc=40.0, center_y_kpc=-25.0, ra=150.25, dec=2.5,
     ))
 
 
@@ -108,18 +113,90 @@ def test_fits_bytes_round_trip(smap):
 
 
 def test_fits_pixel_scale_and_wcs_follow_the_grid(smap):
+    """The lens-plane WCS (alternate key 'A') is linear in kpc and gives the grid's pixel centres."""
     header = fits.Header.fromstring(to_fits_bytes(smap)[: 2880 * 4])
     assert header["BITPIX"] == -64
     geometry = lens_geometry(smap.request.z_lens, smap.request.z_source)
     pixel_kpc = smap.request.fov_kpc / smap.request.grid_size
-    assert header["PIXKPC"] == pixel_kpc == header["CDELT1"] == header["CDELT2"]
+    assert header["PIXKPC"] == pixel_kpc == header["CDELT1A"] == header["CDELT2A"]
     assert header["PIXASEC"] == pytest.approx(pixel_kpc / geometry.kpc_per_arcsec, rel=1e-15)
-    assert header["CUNIT1"] == header["CUNIT2"] == "kpc"
+    assert header["CUNIT1A"] == header["CUNIT2A"] == "kpc"
     # numpy map[i][j] is FITS pixel (j, i) 0-based: the WCS must give the pixel centres (X, Y) of the grid
     rows, cols = np.indices(smap.convergence.shape)
-    x, y = WCS(header).pixel_to_world_values(cols, rows)
+    x, y = WCS(header, key="A").pixel_to_world_values(cols, rows)
     np.testing.assert_allclose(x, smap.x_kpc, rtol=0, atol=1e-9 * smap.request.fov_kpc)
     np.testing.assert_allclose(y, smap.y_kpc, rtol=0, atol=1e-9 * smap.request.fov_kpc)
+
+
+def test_fits_sky_coordinates_match_the_kpc_ones_at_the_lens_distance():
+    """Round trip through astropy's WCS: the primary (celestial) WCS puts the host centre at (ra, dec) and
+    every pixel at the angle its kpc offset from the host subtends at D_l: west along +x, north along +y."""
+    request = MapRequest(grid_size=32, fov_kpc=900.0, z_lens=0.3, z_source=1.5, center_x_kpc=70.0,
+                         center_y_kpc=-45.0, ra=210.5, dec=-33.25)
+    smap = generate_map(request)
+    header = fits.Header.fromstring(to_fits_bytes(smap)[: 2880 * 4])
+    sky, plane = WCS(header), WCS(header, key="A")
+    assert sky.has_celestial and sky.wcs.ctype[0] == "RA---TAN" and sky.wcs.radesys == "ICRS"
+    halo = SkyCoord(request.ra * u.deg, request.dec * u.deg, frame="icrs")
+    centre_pixel = plane.world_to_pixel_values(request.center_x_kpc, request.center_y_kpc)
+    assert halo.separation(sky.pixel_to_world(*centre_pixel)).to_value(u.arcsec) < 1e-9
+    rows, cols = np.indices(smap.convergence.shape)
+    east, north = halo.spherical_offsets_to(sky.pixel_to_world(cols.ravel(), rows.ravel()))
+    d_l = lens_geometry(request.z_lens, request.z_source).D_l_kpc
+    x, y = plane.pixel_to_world_values(cols.ravel(), rows.ravel())
+    tolerance = 1e-6 * request.fov_kpc  # TAN projection vs flat offsets: (angle)^2 ~ 1e-7 over this field
+    np.testing.assert_allclose(-east.to_value(u.rad) * d_l, x - request.center_x_kpc, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(north.to_value(u.rad) * d_l, y - request.center_y_kpc, rtol=0, atol=tolerance)
+
+
+def test_fits_geometry_reads_our_header_and_checks_the_request(smap):
+    data = to_fits_bytes(smap)
+    expected = MapGeometry(smap.request.fov_kpc, smap.request.z_lens, smap.request.z_source)
+    assert fits_geometry(data) == expected
+    assert fits_geometry(data, fov_kpc=800.0, z_lens=0.4, z_source=1.7) == expected
+    for given, keyword in (({"fov_kpc": 1000.0}, "FOVKPC"), ({"z_lens": 0.5}, "Z_LENS"), ({"z_source": 2.0}, "Z_SOURCE")):
+        with pytest.raises(InputError, match=keyword) as error:
+            fits_geometry(data, **given)
+        assert error.value.field == keyword
+
+
+def _celestial_header(side: int = 64, **cards) -> fits.Header:
+    header = fits.Header({"NAXIS": 2, "NAXIS1": side, "NAXIS2": side, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN"})
+    header.update(cards)
+    return header
+
+
+def test_fits_geometry_converts_a_celestial_pixel_scale_at_z_lens():
+    """A foreign celestial WCS (CD matrix in arcsec, or CDELT with the default unit deg): kpc from D_l(z_lens)."""
+    geometry = lens_geometry(0.35, 1.2)
+    expected = 64 * 1.5 * geometry.kpc_per_arcsec
+    header = _celestial_header(CUNIT1="arcsec", CUNIT2="arcsec", CD1_1=-1.5, CD2_2=1.5, CD1_2=0.0, CD2_1=0.0)
+    assert fits_geometry(header, z_lens=0.35, z_source=1.2).fov_kpc == pytest.approx(expected, rel=1e-12)
+    header = _celestial_header(CDELT1=-1.5 / 3600, CDELT2=1.5 / 3600)  # CUNIT absent: degrees by the standard
+    assert fits_geometry(header, z_lens=0.35, z_source=1.2).fov_kpc == pytest.approx(expected, rel=1e-12)
+    assert fits_geometry(header, fov_kpc=expected, z_lens=0.35, z_source=1.2).fov_kpc == expected
+
+
+@pytest.mark.parametrize(("cards", "keyword"), [
+    ({"CDELT1": -1e-4, "CDELT2": 1e-4, "PC1_2": 0.2, "PC2_1": -0.2}, "PC1_2"),  # rotated
+    ({"CD1_1": -1e-4, "CD2_2": 1e-4, "CD2_1": 1e-5}, "CD2_1"),  # rotated
+    ({"CDELT1": -1e-4, "CDELT2": 1e-4, "CROTA2": 15.0}, "CROTA2"),  # rotated (legacy)
+    ({"CDELT1": -1e-4, "CDELT2": 1.2e-4}, "CDELT2"),  # non-square pixels
+    ({"CDELT1": -1e-4, "CDELT2": 1e-4, "CUNIT1": "kpc", "CUNIT2": "kpc"}, "CUNIT1"),  # not an angle
+    ({"CDELT1": -1e-4, "CDELT2": 1e-4, "CUNIT1": "furlong", "CUNIT2": "deg"}, "CUNIT1"),  # not a unit
+    ({"CDELT1": -1e-4, "CDELT2": 1e-4, "FOVKPC": 50.0}, "CDELT1"),  # the header contradicts itself
+    ({"CDELT1": -1e-4, "CDELT2": 1e-4, "H0": 67.0}, "H0"),  # another cosmology
+])
+def test_fits_geometry_refuses_what_it_cannot_convert_naming_the_card(cards, keyword):
+    with pytest.raises(InputError) as error:
+        fits_geometry(_celestial_header(**cards))
+    assert error.value.field == keyword and keyword in str(error.value)
+
+
+def test_fits_geometry_of_a_header_without_geometry_uses_the_request_or_defaults():
+    header = fits.Header({"NAXIS": 2, "NAXIS1": 32, "NAXIS2": 32})
+    assert fits_geometry(header) == MapGeometry()
+    assert fits_geometry(header, fov_kpc=640.0, z_lens=0.2, z_source=1.0) == MapGeometry(640.0, 0.2, 1.0)
 
 
 def test_fits_undefined_cards_read_back_as_none(smooth_map):

@@ -327,6 +327,38 @@ def test_stack_limits_and_per_map_option_lengths(live):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "seed"], response.text
 
 
+def test_fits_geometry_from_the_sky_wcs_and_contradicting_headers_get_422_naming_the_card(live):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    spec = {"mass": 3e12, "scale_radius": 150.0, "center_x_kpc": 40.0, "center_y_kpc": -25.0, "ra": 150.1,
+            "dec": 2.2, "fov_kpc": 800.0, "z_lens": 0.4, "z_source": 1.5, "seed": 3}
+    body = synthetic(live, FITS, **spec).content
+    with fits.open(io.BytesIO(body)) as hdus:
+        header = hdus[0].header.copy()
+    assert WCS(header).has_celestial and header["CENX_KPC"] == 40.0
+    url, binary = live.url("/api/v1/inference"), {"Content-Type": FITS}
+    from_header = requests.post(url, params={"mc_samples": 5, "seed": 1}, data=body, headers=binary, timeout=60)
+    told = requests.post(url, params={"mc_samples": 5, "seed": 1, "fov_kpc": 800.0, "z_lens": 0.4}, data=body,
+                         headers=binary, timeout=60)
+    assert from_header.status_code == told.status_code == 200, from_header.text
+    assert from_header.json()["predictions"] == told.json()["predictions"]
+    wrong = requests.post(url, params={"fov_kpc": 500.0}, data=body, headers=binary, timeout=60)
+    assert wrong.status_code == 422, wrong.text
+    [detail] = wrong.json()["detail"]
+    assert detail["loc"][0] == "body" and detail["loc"][1].isupper() and "500" in detail["msg"]
+    for name, value in (("PC1_2", 0.3), ("CDELT2", 2 * header["CDELT2"])):  # rotated; non-square pixels
+        changed = header.copy()
+        changed[name] = value
+        for key in ("FOVKPC", "PIXKPC"):  # only the WCS left to give the scale
+            changed.remove(key, ignore_missing=True)
+        buffer = io.BytesIO()
+        fits.PrimaryHDU(np.asarray(fits.open(io.BytesIO(body))[0].data), header=changed).writeto(buffer)
+        response = requests.post(url, data=buffer.getvalue(), headers=binary, timeout=60)
+        assert response.status_code == 422, (name, response.text)
+        assert response.json()["detail"][0]["loc"][0] == "body", response.text
+
+
 BAD_SYNTHETIC = [
     ("mass-low", {"mass": 1e10}, "mass"),
     ("mass-high", {"mass": 1e15}, "mass"),

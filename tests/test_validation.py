@@ -45,6 +45,10 @@ BAD_REQUESTS = (
     + [("seed", v) for v in [-1, 1.5, "7"]]
     + [("z_lens", v) for v in [0.0, -0.5, 5e-324, 1e-4, NAN, INF]]
     + [("z_source", v) for v in [0.5, 0.3, NAN, INF]]  # z_lens = 0.5: z_source <= z_lens is invalid
+    + [("center_x_kpc", v) for v in [500.1, -600.0, NAN, INF, "0", None]]  # fov 1000: at most 500 kpc
+    + [("center_y_kpc", v) for v in [-500.1, 1e4, NAN, INF, True]]
+    + [("ra", v) for v in [-0.1, 360.0, 400.0, NAN, None]]
+    + [("dec", v) for v in [-90.5, 91.0, NAN, INF, "north"]]
 )
 
 

@@ -148,6 +148,8 @@ def _error_loc(is_json: bool, loc: tuple) -> list:
     """Where an /inference input error lies: in the JSON body; for npy/FITS, the body (the map) or the query."""
     if is_json:
         return ["body", *loc]
+    if loc and loc[0] == "body":  # a FITS header card
+        return list(loc)
     return ["body"] if loc in ((), ("convergence_map",)) else ["query", *loc]
 
 

@@ -18,7 +18,7 @@ from astropy.io import fits
 from numpy.lib import format as npy_format
 from starlette.responses import Response
 
-from lensing.io import fits_cards, from_npy_bytes, validate_map
+from lensing.io import from_npy_bytes, validate_map
 from lensing.limits import InputError, check_kappa_domain
 
 from ..settings import StackLimits
@@ -136,10 +136,10 @@ def declared_shapes(content_type: str, body: bytes) -> list[tuple[int, ...]] | N
 
 @dataclass
 class BodyMaps:
-    """The maps of an npy or FITS body, before validation, and the geometry cards each one's header gives."""
+    """The maps of an npy or FITS body, before validation, and each one's FITS header (None for npy)."""
 
     maps: list[np.ndarray]
-    cards: list[dict]
+    headers: list[fits.Header | None]
     stacked: bool  # a stack (npy (B, N, N), a FITS cube or several image HDUs), answered with a table
 
 
@@ -163,10 +163,6 @@ def check_stack_size(count: int, pixels: int, limits: StackLimits) -> None:
         raise PayloadTooLarge(f"a request holds at most {limits.max_pixels} pixels, got {pixels}")
 
 
-def _geometry_cards(info: dict) -> dict:
-    return {key: info[key] for key in ("fov_kpc", "z_lens", "z_source") if info.get(key) is not None}
-
-
 def maps_from_body(content_type: str, body: bytes, max_side: int, limits: StackLimits) -> BodyMaps:
     """Decode an npy or FITS body into its maps: one 2-D map, an npy stack (B, N, N), a FITS cube (each
     plane a map, sharing the header) or several FITS image HDUs (each with its own header's cards).
@@ -183,22 +179,23 @@ def maps_from_body(content_type: str, body: bytes, max_side: int, limits: StackL
         except ValueError as exc:
             raise InvalidInput((), str(exc)) from None
         if array.ndim == 2:
-            return BodyMaps([check_map(array, (), max_side)], [{}], stacked=False)
-        return BodyMaps(list(array), [{}] * len(array), stacked=True)
+            return BodyMaps([check_map(array, (), max_side)], [None], stacked=False)
+        return BodyMaps(list(array), [None] * len(array), stacked=True)
     images = _fits_images(body)
     if len(images) == 1 and images[0][0].ndim == 2:
-        image, info = images[0]
+        image, header = images[0]
         try:
             kappa = validate_map(image, name="FITS image")
         except InputError as exc:
             raise InvalidInput((), str(exc)) from None
-        return BodyMaps([check_map(kappa, (), max_side)], [_geometry_cards(info)], stacked=False)
-    maps, cards = [], []
-    for image, info in images:
+        return BodyMaps([check_map(kappa, (), max_side)], [header], stacked=False)
+    maps: list[np.ndarray] = []
+    headers: list[fits.Header | None] = []
+    for image, header in images:
         planes = list(image) if image.ndim == 3 else [image]
         maps += planes
-        cards += [_geometry_cards(info)] * len(planes)
-    return BodyMaps(maps, cards, stacked=True)
+        headers += [header] * len(planes)
+    return BodyMaps(maps, headers, stacked=True)
 
 
 def _npy_stack(body: bytes) -> np.ndarray:
@@ -212,11 +209,11 @@ def _npy_stack(body: bytes) -> np.ndarray:
     return array
 
 
-def _fits_images(body: bytes) -> list[tuple[np.ndarray, dict]]:
-    """(image data, our header cards) of every FITS HDU that holds image data, in order."""
+def _fits_images(body: bytes) -> list[tuple[np.ndarray, fits.Header]]:
+    """(image data, header) of every FITS HDU that holds image data, in order."""
     try:
         with fits.open(io.BytesIO(body)) as hdus:
-            images = [(np.array(hdu.data), fits_cards(hdu.header)) for hdu in hdus
+            images = [(np.array(hdu.data), hdu.header.copy()) for hdu in hdus
                       if hdu.is_image and hdu.data is not None]
     except (OSError, TypeError) as exc:  # astropy: OSError for a corrupt file, TypeError for truncated data
         raise InvalidInput((), f"not a valid FITS map (corrupt or truncated): {exc}") from None

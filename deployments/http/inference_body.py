@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from astropy.io import fits
 from pydantic import JsonValue, TypeAdapter, ValidationError
+
+from lensing.fits_wcs import fits_geometry
+from lensing.limits import InputError
 
 from ..settings import StackLimits
 from .codecs import BODY_FORMATS, JSON, check_map, check_stack_size, maps_from_body
 from .errors import InvalidInput, validation_errors
 from .schemas import PER_MAP_OPTIONS, InferenceOptions, InferenceRequest, MapRows, StackRequest
 
+GEOMETRY = ("fov_kpc", "z_lens", "z_source")  # fits_geometry's order
 MAP_ROWS: TypeAdapter[list[list[float]]] = TypeAdapter(MapRows)
 JSON_OBJECT: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(dict[str, JsonValue])
 STACK_FIELDS = set(StackRequest.model_fields)
@@ -57,14 +62,40 @@ def read_inference(content_type: str, body: bytes, query: InferenceOptions, quer
     decoded = maps_from_body(content_type, body, max_side, limits)
     given = query.model_dump(include=query.model_fields_set)
     if not decoded.stacked:
-        unset = {k: v for k, v in decoded.cards[0].items() if k not in query.model_fields_set}
-        options = InferenceOptions.model_validate(query.model_dump() | unset) if unset else query
-        return InferenceInput.single(decoded.maps[0], options)
+        header = decoded.headers[0]
+        if header is None:
+            return InferenceInput.single(decoded.maps[0], query)
+        geometry = header_geometry(header, given, ())
+        return InferenceInput.single(decoded.maps[0], InferenceOptions.model_validate(query.model_dump() | geometry))
     lists = _repeated(query_items)
-    per_map = [given | {k: v for k, v in cards.items() if k not in given and k not in lists}
-               for cards in decoded.cards]
-    maps = [_checked(kappa, k, ("body",), max_side) for k, kappa in enumerate(decoded.maps)]
+    per_map: list[dict] = []
+    maps: list[np.ndarray | list[dict]] = []
+    for k, (kappa, header) in enumerate(zip(decoded.maps, decoded.headers, strict=True)):
+        entry: np.ndarray | list[dict] = _checked(kappa, k, ("body",), max_side)
+        options = dict(given)
+        if header is not None:
+            explicit = given | {name: values[k] for name, values in lists.items() if name in GEOMETRY}
+            try:
+                options |= header_geometry(header, explicit, (k,))
+            except InvalidInput as exc:
+                loc = list(exc.loc) if exc.loc[0] == "body" else ["query", *exc.loc, k]
+                entry = [{"loc": loc, "msg": str(exc), "type": "value_error"}]
+        per_map.append(options)
+        maps.append(entry)
     return _validate_stack(maps, lists, per_map, ("query",))
+
+
+def header_geometry(header: fits.Header, given: dict, index: tuple[int, ...]) -> dict:
+    """fov_kpc, z_lens, z_source of a FITS map: its header's WCS and cards and what the query gave
+    explicitly; a contradiction, a rotated or non-square-pixel WCS is a 422 naming the card (at
+    ["body", *index, KEYWORD]), a redshift out of range one naming the field."""
+    try:
+        geometry = fits_geometry(header, *(given.get(name) for name in GEOMETRY))
+    except InputError as exc:
+        if exc.field in InferenceOptions.model_fields:
+            raise InvalidInput((exc.field,), str(exc)) from None
+        raise InvalidInput(("body", *index, exc.field), str(exc)) from None
+    return {"fov_kpc": geometry.fov_kpc, "z_lens": geometry.z_lens, "z_source": geometry.z_source}
 
 
 def _read_json(body: bytes, max_side: int, limits: StackLimits) -> InferenceInput:

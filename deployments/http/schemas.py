@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.limits import (
+    DEC,
     DEFAULT_MC_SAMPLES,
     ELLIPTICITY,
     FOV,
@@ -23,10 +24,12 @@ from lensing.limits import (
     MAP_SIDE,
     MASS,
     MAX_ABS_KAPPA,
+    MAX_CENTER_FRACTION,
     MAX_SEED,
     MC_SAMPLES,
     NOISE_SIGMA,
     POSITION_ANGLE,
+    RA,
     SCALE_RADIUS,
     Z_LENS,
     Z_SOURCE,
@@ -107,6 +110,13 @@ class SyntheticRequest(Geometry):
     seed: Seed | None = Field(None, description="seed of scenario and noise; drawn and reported when null")
     noise_sigma: float = Field(0.0, ge=NOISE_SIGMA.low, le=NOISE_SIGMA.high,
                                description="Gaussian noise added to kappa (per-pixel std)")
+    center_x_kpc: float = Field(0.0, ge=-MAX_CENTER_FRACTION * FOV.high, le=MAX_CENTER_FRACTION * FOV.high,
+                                description="host centre along x, kpc from the map centre (within half the fov)")
+    center_y_kpc: float = Field(0.0, ge=-MAX_CENTER_FRACTION * FOV.high, le=MAX_CENTER_FRACTION * FOV.high,
+                                description="host centre along y, kpc from the map centre (within half the fov)")
+    ra: float = Field(0.0, ge=RA.low, le=RA.high, description="right ascension of the host centre, degrees "
+                      "(ICRS), for the FITS celestial WCS")
+    dec: float = Field(0.0, ge=DEC.low, le=DEC.high, description="declination of the host centre, degrees (ICRS)")
     arcsec: bool = Field(False, description="also return the coordinates in arcsec")
 
     @field_validator("ellipticity")
