@@ -1,6 +1,6 @@
 """Benchmark: a sweep as a Ray job against a single-process loop over the same Predictor.
 
-    python bench/sweep.py [--maps 20000] [--cpus 2] [--shard-size 500]
+    python bench/sweep.py [--maps 20000] [--large-maps 100000] [--cpus 2] [--shard-size 500]
 
 Both sides do the same work for the same config (20,000 maps of 64 x 64, mc_samples = 20, every scenario,
 three noise levels, the same seed, so the same maps and MC Dropout masks): generate, infer and write the
@@ -18,7 +18,11 @@ same Parquet shards with `cluster.sweep_pipeline.process_shard`, then the same s
 Stage times (generate, infer, write) are summed over shards; in the Ray job that is over actors, so they
 are CPU-seconds that can exceed its wall time. The load average before each run is printed: other work on
 the machine skews the comparison, and the OpenMP threads of the default-threaded baseline suffer most.
-The last line is one JSON object with `speedup_vs_single_process` (Ray job maps/s over the baseline's).
+Then the same two (default-threaded loop, Ray job) on `--large-maps` maps (100,000), end to end.
+The last line is one JSON object: `pipeline_speedup_vs_single_process` (shards only; goal >= 1.4),
+`speedup_vs_single_process` (end to end, 20,000 maps), `speedup_vs_single_process_100k` (end to end,
+100,000 maps; goal >= 1.25) and `job_fixed_cost_s` (the Ray job's wall time outside the pipeline: submit,
+driver and actor start, report, exit; goal <= 8 s).
 """
 
 from __future__ import annotations
@@ -211,12 +215,18 @@ def print_table(runs: dict[str, dict]) -> None:
     print(flush=True)
 
 
+def fixed_cost(run: dict) -> float:
+    """Seconds of a run that are not the pipeline: start-up, report, exit."""
+    return round(run["wall_s"] - run["phases_s"][PIPELINE], 2)
+
+
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--single-process":
         single_process_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=20_000)
+    parser.add_argument("--large-maps", type=int, default=100_000, help="maps of the end-to-end run (0: skip it)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray head = number of one-thread actors")
     parser.add_argument("--shard-size", type=int, default=500)
     args = parser.parse_args()
@@ -238,26 +248,43 @@ def main() -> None:
         ray = ray_job(config_path, workdir / "ray", args.cpus, config.n_maps)
         runs = {f"single, {default['threads']} threads": default, "single, 1 thread": one,
                 f"Ray job, {args.cpus} actors": ray}
+        large: dict = {}
+        if args.large_maps:
+            raw_large = bench_config(args.large_maps, args.cpus, args.shard_size) | {"name": "bench-large"}
+            large_path = workdir / "large.yaml"
+            large_path.write_text(yaml.safe_dump(raw_large))
+            print(f"end to end: {args.large_maps} maps", flush=True)
+            large["single"] = single_process(large_path, workdir / "large-single", None, args.large_maps)
+            large["ray"] = ray_job(large_path, workdir / "large-ray", args.cpus, args.large_maps)
+            runs |= {f"single, {args.large_maps} maps": large["single"],
+                     f"Ray job, {args.large_maps} maps": large["ray"]}
         print_table(runs)
         same = max_relative_difference(workdir / "single-1", workdir / "ray")
         other = max_relative_difference(workdir / "single-default", workdir / "ray")
         print(f"largest relative difference of the Ray job's table: {same:.1e} against the 1-thread loop "
               f"(same threads), {other:.1e} against the default-threaded loop", flush=True)
         speedup = ray["maps_per_s"] / default["maps_per_s"]
+        pipeline = ray["pipeline_maps_per_s"] / default["pipeline_maps_per_s"]
         print(f"speedup of the Ray job: {speedup:.2f}x against the default-threaded single process (the baseline), "
-              f"{ray['maps_per_s'] / one['maps_per_s']:.2f}x against one thread; pipeline only: "
-              f"{ray['pipeline_maps_per_s'] / default['pipeline_maps_per_s']:.2f}x", flush=True)
-        print(json.dumps({
+              f"{ray['maps_per_s'] / one['maps_per_s']:.2f}x against one thread; pipeline only: {pipeline:.2f}x; "
+              f"the job's fixed cost (start-up, report, exit): {fixed_cost(ray):.1f} s", flush=True)
+        figures = {
             "maps": config.n_maps, "grid_size": config.grid_size, "mc_samples": config.mc_samples,
             "shard_size": config.shard_size, "cpus": args.cpus,
             "single_process": default, "single_process_1_thread": one, "ray_job": ray,
             "speedup_vs_single_process_1_thread": round(ray["maps_per_s"] / one["maps_per_s"], 3),
-            "pipeline_speedup_vs_single_process":
-                round(ray["pipeline_maps_per_s"] / default["pipeline_maps_per_s"], 3),
             "max_relative_difference_vs_1_thread": same,
             "max_relative_difference_vs_default_threads": other,
             "speedup_vs_single_process": round(speedup, 3),
-        }), flush=True)
+            "pipeline_speedup_vs_single_process": round(pipeline, 3),
+            "job_fixed_cost_s": fixed_cost(ray),
+        }
+        if large:
+            figures["speedup_vs_single_process_100k"] = round(large["ray"]["maps_per_s"]
+                                                             / large["single"]["maps_per_s"], 3)
+            figures["large_maps"] = args.large_maps
+            figures["job_fixed_cost_s_100k"] = fixed_cost(large["ray"])
+        print(json.dumps(figures), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
