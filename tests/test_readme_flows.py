@@ -1,6 +1,7 @@
-"""The README's flows as a new user runs them, command for command: `serve run` (with a stale Ray address
-recorded, as an unclean stop leaves it), the dashboard's token, a sweep submitted to the service's Ray, a
-sweep on a head of its own beside the service, and Ctrl-C stopping each of them with nothing left behind.
+"""The README's flows as a new user runs them, command for command: `lensing-serve` (with a stale Ray address
+recorded, as an unclean stop leaves it), the dashboard's token, a sweep on a head of its own beside the
+service, a sweep submitted to the service's Ray while that second Ray runs, Ctrl-C stopping each with
+nothing left behind, and a sweep without the service.
 
 Isolation: everything runs in a private network namespace (`unshare -rn`: its own loopback and nothing
 else), so the README's default ports (8000, 8265, 52365, 6380, ...) belong to this test alone, other Ray
@@ -63,11 +64,22 @@ def serve_command() -> str:
     return run
 
 
-def test_every_serve_run_in_the_readme_starts_a_fresh_ray():
-    """Item 10: a `serve run` without --address=local would join a dead Ray recorded in ray_current_cluster."""
+SERVICE_SWEEP = "### On the service's Ray (with `lensing-serve` up)"
+
+
+def test_the_readme_runs_the_service_with_lensing_serve():
+    """Items 1 and 10: plain `serve run` joins a dead recorded Ray, and jobs on a `serve run --address=local`
+    Ray are sent to the recorded (or any) Ray; no command block of the README runs the service that way."""
     text = (REPO / "README.md").read_text()
-    assert serve_command() == "serve run --address=local serve_config.yaml"
-    assert not re.findall(r"serve run (?!--address=local )[^`\n]*serve_config\.yaml", text)
+    assert serve_command() == "lensing-serve serve_config.yaml"
+    commands = "\n".join(fenced(text, "bash") + fenced(text, "console"))
+    assert "serve run" not in commands
+
+
+def test_lensing_serve_fails_fast_without_a_config():
+    result = subprocess.run([sys.executable, "-m", "deployments.run", "no-such-config.yaml"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no such config file: no-such-config.yaml" in result.stderr
 
 
 def test_the_sweep_beside_the_service_is_small_yaml_with_smaller_actors():
@@ -78,9 +90,8 @@ def test_the_sweep_beside_the_service_is_small_yaml_with_smaller_actors():
     small = load_config(REPO / "configs/sweeps/small.yaml")
     beside = load_config(REPO / "configs/sweeps/small-beside-serve.yaml")
     assert beside.data_hash() == small.data_hash() and beside.name == small.name
-    low, high = beside.execution.pool_size
-    assert high * beside.execution.cpus_per_actor <= 0.4 - 0.1  # with room to spare
-    assert "small-beside-serve.yaml" in subsection("### On the service's Ray (with `serve run` up)")
+    assert beside.execution.pool_size[1] * beside.execution.cpus_per_actor <= 0.4 - 0.1  # with room to spare
+    assert "small-beside-serve.yaml" in subsection(SERVICE_SWEEP)
 
 
 # --- the private namespace ------------------------------------------------------------------------------
@@ -125,8 +136,14 @@ class Namespace:
 
     def run(self, script: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
         """A README block, with bash -euo pipefail, from the repository root."""
-        result = subprocess.run(self.command("bash", "-euo", "pipefail", "-c", script), cwd=REPO, env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
+        try:
+            result = subprocess.run(self.command("bash", "-euo", "pipefail", "-c", script), cwd=REPO,
+                                    env=self.env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as timeout_error:
+            output = [(stream or b"").decode(errors="replace")[-4000:]
+                      for stream in (timeout_error.output, timeout_error.stderr)]
+            raise AssertionError(f"{script}\ntimed out after {timeout:.0f} s\n--- stdout\n{output[0]}\n"
+                                 f"--- stderr\n{output[1]}") from None
         if check:
             assert result.returncode == 0, f"{script}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         return result
@@ -271,9 +288,24 @@ def service(ns: Namespace) -> Iterator[subprocess.Popen]:
 # --- the flows, in the order a reader meets them ----------------------------------------------------------
 
 
+def address_file(ns: Namespace) -> Path:
+    return ns.root / "tmp" / "ray" / "ray_current_cluster"
+
+
+def gcs_servers(ns: Namespace) -> int:
+    """How many GCS processes (one per Ray) run in the namespace."""
+    count = 0
+    for pid in ns.processes():
+        try:
+            count += Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"gcs_server")
+        except OSError:
+            pass
+    return count
+
+
 @pytest.mark.slow
 def test_a_plain_serve_run_would_join_the_stale_address(ns):
-    """The set-up reproduces item 10: without --address=local, serve run tries the dead recorded GCS."""
+    """The set-up reproduces item 10: plain `serve run` tries the dead recorded GCS and does not serve."""
     log = ns.root / "plain-serve-run.log"
     process = ns.start("serve run serve_config.yaml", log)
     try:
@@ -291,9 +323,11 @@ def test_the_readme_run_command_serves_despite_a_stale_address(ns, service):
     log = (ns.root / "serve-run.log").read_text()
     assert "Connecting to existing Ray cluster" not in log and "Started a local Ray instance" in log
     assert "http://127.0.0.1:8265" in log  # the dashboard address it prints
-    assert (ns.root / "tmp" / "ray" / "ray_current_cluster").read_text() == STALE_ADDRESS  # still there
     status, body = ns.http("GET", "http://127.0.0.1:8000/health")
     assert status == 200 and json.loads(body)["status"] == "healthy"
+    # the stale address was replaced by the live one, where Ray's job supervisor will look for it
+    recorded = address_file(ns).read_text()
+    assert recorded != STALE_ADDRESS and ns.port_open(int(recorded.rsplit(":", 1)[1])) and gcs_servers(ns) == 1
 
 
 @pytest.mark.slow
@@ -321,10 +355,46 @@ def finished_sweep(job_log: str, output: Path) -> dict:
     return json.loads(lines[0])
 
 
+def head_ports(start_block: str) -> list[int]:
+    return [int(p) for p in re.findall(r"--(?:port|dashboard-port|dashboard-agent-listen-port|"
+                                       r"ray-client-server-port)=(\d+)", start_block)]
+
+
+@pytest.fixture(scope="module")
+def own_head(ns: Namespace, service) -> Iterator[subprocess.Popen]:
+    """The README's "head of its own", started as written beside the service, its dashboard answering."""
+    start = fenced(subsection("### On a Ray head of its own"), "bash")[0]
+    log = ns.root / "head.log"
+    head = ns.start(literal(start, ns), log)
+    try:
+        token = (ns.root / "home" / ".ray" / "auth_token").read_text().strip()
+        port = re.search(r"--dashboard-port=(\d+)", start).group(1)
+        wait_for(lambda: head.poll() is None and ns.http("GET", f"http://127.0.0.1:{port}/api/version", token)[0]
+                 == 200, 180, f"the head's dashboard did not answer:\n{log.read_text()[-3000:]}", 2)
+        yield head
+    finally:
+        if head.poll() is None:
+            ctrl_c(head, 120)
+
+
 @pytest.mark.slow
-def test_the_readme_sweep_on_the_service_ray(ns, service):
-    """Item 1: the sweep section's commands, with `serve run` up, submit to its Ray and finish."""
-    blocks = fenced(subsection("### On the service's Ray (with `serve run` up)"), "bash")
+def test_the_readme_head_of_its_own_runs_a_sweep_beside_the_service(ns, own_head):
+    """Item 1: a head with every fixed port moved runs beside the service and takes the sweep."""
+    submit = fenced(subsection("### On a Ray head of its own"), "bash")[1]
+    started = time.monotonic()
+    # its own output (not the other test's, which would be resumed with nothing to do)
+    result = ns.run(literal(submit, ns, sweeps="sweeps-head"), timeout=800)
+    print(f"sweep on a head of its own: {time.monotonic() - started:.0f} s")
+    assert finished_sweep(result.stdout, ns.root / "sweeps-head" / "small")["maps_run"] == 200
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_on_the_service_ray_with_another_ray_on_the_machine(ns, service, own_head):
+    """Item 1: the sweep section's commands, with the service up and a second Ray running (the case in which
+    Ray's job supervisor gave a `serve run --address=local` Ray's jobs the recorded or any address), submit
+    to the service's Ray and finish."""
+    assert gcs_servers(ns) == 2
+    blocks = fenced(subsection(SERVICE_SWEEP), "bash")
     assert len(blocks) == 1
     started = time.monotonic()
     result = ns.run(literal(blocks[0], ns), timeout=800)
@@ -335,35 +405,36 @@ def test_the_readme_sweep_on_the_service_ray(ns, service):
 
 
 @pytest.mark.slow
-def test_the_readme_head_of_its_own_beside_the_service_stops_with_ctrl_c(ns, service):
-    """Items 1 and 2: a head with every fixed port moved runs beside the service, takes the sweep, and Ctrl-C
-    in its terminal stops every process it started and frees its ports."""
-    start, submit = fenced(subsection("### On a Ray head of its own"), "bash")
-    ports = [int(p) for p in re.findall(r"--(?:port|dashboard-port|dashboard-agent-listen-port|"
-                                        r"ray-client-server-port)=(\d+)", start)]
-    assert len(ports) == 4
-    log = ns.root / "head.log"
-    head = ns.start(literal(start, ns), log)
-    try:
-        token = (ns.root / "home" / ".ray" / "auth_token").read_text().strip()
-        wait_for(lambda: head.poll() is None and ns.http("GET", "http://127.0.0.1:8266/api/version", token)[0] == 200,
-                 180, f"the head's dashboard did not answer:\n{log.read_text()[-3000:]}", 2)
-        started = time.monotonic()
-        # its own output (not the other test's, which would be resumed with nothing to do)
-        result = ns.run(literal(submit, ns, sweeps="sweeps-head"), timeout=800)
-        print(f"sweep on a head of its own: {time.monotonic() - started:.0f} s")
-        assert finished_sweep(result.stdout, ns.root / "sweeps-head" / "small")["maps_run"] == 200
-        assert session_pids(head.pid), "the head runs in the session it was started in"
-    finally:
-        ctrl_c(head, 120)
-    wait_for(lambda: not session_pids(head.pid), 60, "processes of the head outlived Ctrl-C")
+def test_ctrl_c_stops_the_head_and_leaves_nothing(ns, service, own_head):
+    """Item 2: Ctrl-C in the head's terminal stops every process it started and frees its ports."""
+    ports = head_ports(fenced(subsection("### On a Ray head of its own"), "bash")[0])
+    assert len(ports) == 4 and all(ns.port_open(port) for port in ports[:2])  # GCS and dashboard were up
+    assert session_pids(own_head.pid), "the head runs in the session it was started in"
+    ctrl_c(own_head, 120)
+    wait_for(lambda: not session_pids(own_head.pid), 60, "processes of the head outlived Ctrl-C")
     assert not [port for port in ports if ns.port_open(port)]
     assert ns.http("GET", "http://127.0.0.1:8000/health")[0] == 200  # the service is untouched
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_service_and_its_ray_leaving_nothing(ns, service):
-    """Item 2 for the service: Ctrl-C in serve run's terminal ends Serve and the local Ray it started."""
+    """Item 2 for the service: Ctrl-C in its terminal ends Serve and the local Ray it started, and the
+    address it recorded goes with them."""
     ctrl_c(service, 120)
-    wait_for(lambda: not ns.processes(), 60, "processes outlived serve run's Ctrl-C")
+    wait_for(lambda: not ns.processes(), 60, "processes outlived lensing-serve's Ctrl-C")
     assert not ns.port_open(8000) and not ns.port_open(8265)
+    assert not address_file(ns).exists()
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_without_the_service(ns):
+    """With the service stopped and a stale address recorded again, `RAY_ADDRESS=local python -m
+    cluster.sweep ...` runs on a throwaway Ray of its own and leaves nothing behind."""
+    address_file(ns).write_text(STALE_ADDRESS)
+    blocks = fenced(subsection("### Without the service"), "bash")
+    assert len(blocks) == 1
+    started = time.monotonic()
+    result = ns.run(literal(blocks[0], ns, sweeps="sweeps-alone"), timeout=800)
+    print(f"sweep without the service: {time.monotonic() - started:.0f} s")
+    assert finished_sweep(result.stdout, ns.root / "sweeps-alone" / "small")["maps_run"] == 200
+    wait_for(lambda: not ns.processes(), 60, "the throwaway Ray outlived the sweep")
