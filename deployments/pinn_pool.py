@@ -153,8 +153,10 @@ class PINNPredictor:
         return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
 
     def info(self) -> dict:
-        """Model card summary for /api/v1/models, plus the device this replica computes on."""
-        return self.predictor.info() | {"device": self.device, "loaded": True}
+        """The model's identity and card summary (the HTTP layer shapes /api/v1/models from it), what the card
+        says each class means, and the device this replica computes on."""
+        return self.predictor.info() | {"class_descriptions": self.predictor.card.get("class_descriptions"),
+                                        "device": self.device, "loaded": True}
 
     def settings(self) -> dict:
         """Live batching settings and identity of this replica (for operators and tests)."""

@@ -101,11 +101,15 @@ def test_root_health_models_docs(live):
     assert root["docs"] == "/docs" and root["health"] == "/health"
     health = requests.get(live.url("/health")).json()
     assert health["status"] == "healthy" and health["gpu_available"] is False and health["model_loaded"] is True
-    assert {"timestamp", "version"} <= set(health)
-    model = requests.get(live.url("/api/v1/models")).json()["models"][0]
+    assert {"timestamp", "version", "package_version", "api_version", "model_version"} <= set(health)
+    assert health["version"] == health["package_version"] == root["package_version"]  # tests/test_versions.py
+    models = requests.get(live.url("/api/v1/models"))
+    model = models.json()["models"][0]
     assert model["input_size"] == [64, 64] and model["class_names"] == ["CDM", "WDM", "SIDM"]
     assert {"M_vir", "r_s", "ellipticity"} <= set(model["output_parameters"])
-    assert model["loaded"] is True and "network" in model["calibration"] and model["device"] == "cpu"
+    assert model["loaded"] is True and model["device"] == "cpu" and model["version"] == health["model_version"]
+    assert len(models.content) < 4096 and "calibration" not in model  # a summary; the full card at card_url:
+    assert "network" in requests.get(live.url(model["card_url"])).json()["calibration"]
     assert "swagger" in requests.get(live.url("/docs")).text.lower()
     spec = requests.get(live.url("/openapi.json")).json()
     for path in ("/", "/health", "/api/v1/models", "/api/v1/stats", "/api/v1/synthetic", "/api/v1/inference",

@@ -41,6 +41,8 @@ from .errors import InvalidInput, from_validation_error, install_handlers, unpro
 from .inference_body import InferenceInput, read_inference
 from .schemas import (
     API_VERSION,
+    MAP_SIDES,
+    PACKAGE_VERSION,
     BatchRequest,
     BatchStatus,
     BatchSubmitted,
@@ -59,6 +61,7 @@ from .schemas import (
     SyntheticRequest,
     SyntheticResponse,
 )
+from .ui.card import CARD_URL
 
 if TYPE_CHECKING:
     from ..generator import GeneratedMap
@@ -153,6 +156,53 @@ def _error_loc(is_json: bool, loc: tuple) -> list:
     return ["body"] if loc in ((), ("convergence_map",)) else ["query", *loc]
 
 
+INPUT_UNITS = {
+    "convergence_map": "kappa = Sigma / Sigma_cr, dimensionless; a square map",
+    "fov_kpc": "side of the map, physical kpc",
+    "z_lens": "lens redshift",
+    "z_source": "source redshift",
+}
+OUTPUT_UNITS = {
+    "M_vir": "Msun (M_200c)",
+    "r_s": "physical kpc",
+    "ellipticity": "(1 - q) / (1 + q)",
+    "position_angle": "degrees, counter-clockwise from +x",
+    "concentration": "r_200 / r_s",
+}
+HEADLINE_METRICS = ("n_maps", "median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "coverage_68",
+                    "coverage_95", "scenario_accuracy", "scenario_accuracy_stderr")
+
+
+def _class_descriptions(names: list[str], described: Any) -> list[dict]:
+    """[{name, description}] from the card's `class_descriptions` ({name: text} or a list in class order)."""
+    if isinstance(described, dict):
+        texts = [described.get(name) for name in names]
+    elif isinstance(described, list) and len(described) == len(names):
+        texts = list(described)
+    else:
+        texts = [None] * len(names)
+    return [{"name": name, "description": text if isinstance(text, str) else None}
+            for name, text in zip(names, texts, strict=True)]
+
+
+def model_summary(model: dict) -> ModelInfo:
+    """GET /api/v1/models' entry for the pool's `info()`: identity, input, outputs, classes, headline metrics and
+    the link to the full card (a few hundred bytes, where the card is kilobytes)."""
+    metrics = model.get("metrics") or {}
+    classes = list(model.get("class_names") or [])
+    return ModelInfo.model_validate({
+        "name": model["name"], "version": model["version"], "sha256": model.get("sha256") or "",
+        **({"description": model["description"]} if model.get("description") else {}),
+        "input_size": model["input_size"],
+        "input": {"size": model["input_size"], "accepted_sides": list(MAP_SIDES), "units": INPUT_UNITS},
+        "output_parameters": model["output_parameters"],
+        "output_units": {name: OUTPUT_UNITS.get(name, "") for name in model["output_parameters"]},
+        "class_names": classes, "classes": _class_descriptions(classes, model.get("class_descriptions")),
+        "metrics": {key: metrics[key] for key in HEADLINE_METRICS if key in metrics},
+        "device": model["device"], "loaded": model.get("loaded", True), "card_url": CARD_URL,
+    })
+
+
 def create_app(service: Service, settings: AppSettings) -> FastAPI:
     """The FastAPI app of one ingress replica."""
 
@@ -162,30 +212,34 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
         yield
         await service.shutdown()
 
-    app = FastAPI(title="Lensing Serve", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan,
+    app = FastAPI(title="Lensing Serve", version=PACKAGE_VERSION, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # ui.install serves both pages without a CDN
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     install_handlers(app)
     middleware.install(app, settings, service.record)
 
+    versions = {"package_version": PACKAGE_VERSION, "api_version": API_VERSION}
+
     @app.get("/", response_model=Root)
     async def root() -> dict:
-        return {"message": "Gravitational Lensing API", "version": API_VERSION, "docs": "/docs",
-                "health": "/health", "openapi": "/openapi.json"}
+        model = await service.model_info()
+        return {"message": "Gravitational Lensing API", "version": PACKAGE_VERSION, **versions,
+                "model_version": model["version"] if model else None, "docs": "/docs", "health": "/health",
+                "models": "/api/v1/models", "openapi": "/openapi.json"}
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health() -> Response:
         model = await service.model_info()
-        body = {"status": "healthy" if model else "degraded", "timestamp": now_iso(), "version": API_VERSION,
+        body = {"status": "healthy" if model else "degraded", "timestamp": now_iso(), "version": PACKAGE_VERSION,
+                **versions, "model_version": model["version"] if model else None,
                 "gpu_available": bool(model and model["device"] == "cuda"), "model_loaded": model is not None}
         return json_response(body, 200 if model else 503)
 
     @app.get("/api/v1/models", response_model=Models)
     async def models() -> dict:
+        """A summary of the served model; its full card is at card_url (GET /api/v1/models/card)."""
         model = await service.model_info()
-        if model is None:
-            return {"models": []}
-        return {"models": [ModelInfo.model_validate({k: v for k, v in model.items() if k in ModelInfo.model_fields})]}
+        return {"models": [model_summary(model)] if model else [], **versions}
 
     @app.get("/api/v1/stats", response_model=Stats)
     async def stats() -> dict:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+import lensing
 from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.limits import (
@@ -37,7 +38,10 @@ from lensing.limits import (
 from lensing.profiles import PROFILE_TYPES
 from lensing.scenarios import SCENARIOS
 
-API_VERSION = "1.0.0"
+# The three versions a client may ask about, each defined in one place (docs/design.md section 6):
+API_VERSION = "1"  # the HTTP contract: the /api/v1 paths and their shapes; bumped only by a breaking change
+PACKAGE_VERSION = lensing.__version__  # the installed lensing-serve release (pyproject.toml, via importlib.metadata)
+# The model's version is its card's `version` (lensing/weights/pinn_card.json), reported as model_version.
 MAP_SIDES = (int(MAP_SIDE.low), int(MAP_SIDE.high))  # square maps accepted by /inference
 
 Pixel = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_KAPPA, le=MAX_ABS_KAPPA)]
@@ -291,37 +295,69 @@ class Stats(BaseModel):
     timestamp: str
 
 
+PackageVersion = Annotated[str, Field(description="the installed lensing-serve release (pyproject.toml)")]
+ApiVersion = Annotated[str, Field(description="the HTTP API's major version, as in the /api/v1 paths")]
+ModelVersion = Annotated[str | None, Field(description="the served model's version (its card); null while no model "
+                                                       "is loaded")]
+
+
 class Health(BaseModel):
     status: Literal["healthy", "degraded"]
     timestamp: str
-    version: str
+    version: str = Field(description="the original specification's field: the package version (= package_version)")
+    package_version: PackageVersion
+    api_version: ApiVersion
+    model_version: ModelVersion
     gpu_available: bool
     model_loaded: bool
 
 
-class ModelInfo(BaseModel):
+class ModelInput(BaseModel):
+    size: list[int] = Field(description="the network's input, [side, side] pixels; other sides are resampled to it")
+    accepted_sides: list[int] = Field(description="[smallest, largest] side of the square maps /inference accepts")
+    units: dict[str, str] = Field(description="what the map and its geometry options are measured in")
+
+
+class ModelClass(BaseModel):
     name: str
-    version: str
+    description: str | None = Field(None, description="what the class means, from the model card (when it says)")
+
+
+class ModelInfo(BaseModel):
+    """A summary of the served model; the full card (training, calibration, every metric) is at card_url."""
+
+    name: str
+    version: str = Field(description="the model's version, from its card (= model_version of /health)")
     description: str = "Physics-informed neural network for lensing analysis, with calibrated MC Dropout"
-    input_size: list[int]
+    sha256: str = Field("", description="SHA-256 of the weights file, as the card records it")
+    input_size: list[int] = Field(description="the network's input size, [side, side] (= input.size)")
+    input: ModelInput
     output_parameters: list[str]
+    output_units: dict[str, str] = Field(description="parameter -> its unit, for output_parameters")
     class_names: list[str]
-    calibration: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    sha256: str = ""
+    classes: list[ModelClass]
+    metrics: dict[str, Any] = Field({}, description="headline metrics on the smooth held-out set (network alone) "
+                                                    "and the scenario accuracy; the card has every set")
     device: str
     loaded: bool = True
+    card_url: str = Field(description="the full model card")
 
 
 class Models(BaseModel):
     models: list[ModelInfo]
+    package_version: PackageVersion
+    api_version: ApiVersion
 
 
 class Root(BaseModel):
     message: str
-    version: str
+    version: str = Field(description="the package version (= package_version)")
+    package_version: PackageVersion
+    api_version: ApiVersion
+    model_version: ModelVersion
     docs: str
     health: str
+    models: str
     openapi: str
 
 
