@@ -20,6 +20,7 @@ by their process ids. The last line of output is one JSON object:
   inference_p50_minus_noop_p50_ms      serve single-map npy inference p50 - (c) p50, c = 1        goal <= 10
   inference_vs_original_design         serve / (a), JSON inference req/s at c = 32                goal >= 3
   inference_vs_fastapi_same_predictor  serve / (b), JSON inference req/s at c = 32                goal >= 1.2
+  lone_map_model_ms_in_process         the in-process Predictor on one map (mc 10, one thread): what any stack pays
 Run from the repository root: python bench/http_load.py [--duration 4] [--weights DIR]
 """
 
@@ -210,6 +211,24 @@ def compute_floor(duration: float, weights: str | None) -> dict[int, float]:
     return rates
 
 
+def lone_map_ms(weights: str | None, repeats: int = 50) -> float:
+    """p50 of the in-process Predictor on one map (mc_samples = 10, one torch thread, as the pool replica):
+    the compute a lone request cannot avoid, whatever the serving stack."""
+    predictor = load_predictor(weights)
+    kappa = generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence
+    torch.set_num_threads(1)
+    for seed in range(5):
+        predictor.predict([kappa], mc_samples=MC_SAMPLES, seed=seed)
+    times = []
+    for seed in range(repeats):
+        started = time.perf_counter()
+        predictor.predict([kappa], mc_samples=MC_SAMPLES, seed=seed)
+        times.append(1e3 * (time.perf_counter() - started))
+    median = float(np.median(times))
+    print(f"floor     predictor x1, 1 thread: p50 {median:.2f} ms per lone map", flush=True)
+    return median
+
+
 def serve_app(duration: float, weights: str | None, results: dict) -> None:
     """This app plus the no-op app on a private Ray head, deployed with `serve deploy`, loaded, stopped."""
     port = free_port()
@@ -260,6 +279,7 @@ def main() -> None:
     results: dict = {}
     weights = str(Path(args.weights).resolve()) if args.weights else None
     floors = compute_floor(args.duration, weights)
+    lone_ms = lone_map_ms(weights)
     fastapi_baseline("loop", args.duration, weights, results)
     fastapi_baseline("vectorised", args.duration, weights, results)
     serve_app(args.duration, weights, results)
@@ -267,6 +287,7 @@ def main() -> None:
     cell = lambda server, name, c: results[server][name][str(c)]  # noqa: E731
     floor = max(floors.values())
     results["floor_maps_per_s"] = {str(k): round(v, 1) for k, v in floors.items()}
+    results["lone_map_model_ms"] = round(lone_ms, 2)
     results["seconds"] = round(time.time() - started, 1)
     print(json.dumps(results))
     noop_p50 = cell("noop", "noop", 1)["p50_ms"]
@@ -278,6 +299,7 @@ def main() -> None:
                                                / cell("noop", "noop", 32)["rps"], 2),
         "synthetic_p50_minus_noop_p50_ms": round(cell("serve", "synthetic_json", 1)["p50_ms"] - noop_p50, 2),
         "inference_p50_minus_noop_p50_ms": round(cell("serve", "inference_npy", 1)["p50_ms"] - noop_p50, 2),
+        "lone_map_model_ms_in_process": round(lone_ms, 2),
         "inference_vs_original_design": round(cell("serve", "inference_json", 32)["rps"]
                                               / cell("original", "inference_json", 32)["rps"], 2),
         "inference_vs_fastapi_same_predictor": round(cell("serve", "inference_json", 32)["rps"]

@@ -3,8 +3,9 @@
 Every synthetic and inference request gets a job id and a record in the job store. Waiting for the store
 before answering would put a store round trip (a call between deployments: milliseconds) on every
 request's path, so `record` only queues the record and returns; one writer task sends the queue to the
-store in groups (one call and one transaction per group: under load the groups grow, a lone record leaves
-at once). The replica reads its own queued records back (`job`, `synthetic_requests`), so a client that
+store in groups (one call and one transaction per group). The writer waits `group_window_s` after the
+first record of a group before it sends: a call between deployments costs milliseconds of the replica's
+CPU, and at low load it would otherwise land on the next request's path once per request. The replica reads its own queued records back (`job`, `synthetic_requests`), so a client that
 asks this replica at once finds its job; another replica finds it once the write lands, a store round
 trip later. Writes are idempotent (a record already stored is left as it is), so a failed write keeps its
 records queued and is simply sent again.
@@ -32,14 +33,16 @@ logger = logging.getLogger("ray.serve")
 JobRow = tuple[str, str, dict, dict | None]  # job_id, kind, request, result
 DEFERRABLE = frozenset({"inference", "inference_stack"})  # kinds queued while the store is unavailable
 MAX_GROUP = 256
+GROUP_WINDOW_S = 0.05  # how long the writer collects records before a store call
 RETRY_PAUSE_S = (0.1, 1.0)  # first and longest pause between failed writes
 
 
 class JobRecorder:
     """`record(...)` queues a job record (returns at once); `job(id)` reads one; `flush()` at shutdown."""
 
-    def __init__(self, store: StoreClient, max_pending: int = 10_000, clock: Callable[[], float] = time.time) -> None:
-        self._store, self.max_pending, self._clock = store, max_pending, clock
+    def __init__(self, store: StoreClient, max_pending: int = 10_000, clock: Callable[[], float] = time.time,
+                 group_window_s: float = GROUP_WINDOW_S) -> None:
+        self._store, self.max_pending, self._clock, self.group_window_s = store, max_pending, clock, group_window_s
         self._pending: dict[str, tuple[JobRow, float]] = {}  # job_id -> (row, time answered), in order
         self._wake = asyncio.Event()
         self._writer: asyncio.Task | None = None
@@ -101,6 +104,7 @@ class JobRecorder:
         pause = RETRY_PAUSE_S[0]
         while True:
             await self._wake.wait()
+            await asyncio.sleep(self.group_window_s)
             self._wake.clear()
             while self._pending:
                 try:
