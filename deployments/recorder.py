@@ -5,9 +5,9 @@ before answering would put a store round trip (a call between deployments: milli
 request's path, so `record` only queues the record and returns; one writer task sends the queue to the
 store in groups (one call and one transaction per group). The writer waits `group_window_s` after the
 first record of a group before it sends: a call between deployments costs milliseconds of the replica's
-CPU, and at low load it would otherwise land on the next request's path once per request. The replica reads its own queued records back (`job`, `synthetic_requests`), so a client that
-asks this replica at once finds its job; another replica finds it once the write lands, a store round
-trip later. Writes are idempotent (a record already stored is left as it is), so a failed write keeps its
+CPU, and at low load it would otherwise land on the next request's path once per request. The replica
+reads its own queued records back (`job`, `synthetic_requests`), so a client that asks this replica at
+once finds its job; another replica finds it once the write lands, some 50 ms later. Writes are idempotent (a record already stored is left as it is), so a failed write keeps its
 records queued and is simply sent again.
 
 While the store is unavailable (the last write raised StoreUnavailable), inference records are still
