@@ -7,8 +7,9 @@ store in groups (one call and one transaction per group). The writer waits `grou
 first record of a group before it sends: a call between deployments costs milliseconds of the replica's
 CPU, and at low load it would otherwise land on the next request's path once per request. The replica
 reads its own queued records back (`job`, `synthetic_requests`), so a client that asks this replica at
-once finds its job; another replica finds it once the write lands, some 50 ms later. Writes are idempotent (a record already stored is left as it is), so a failed write keeps its
-records queued and is simply sent again.
+once finds its job; another replica finds it once the write lands, some 50 ms later. Writes are
+idempotent (a record already stored is left as it is), so a failed write keeps its records queued and is
+simply sent again.
 
 While the store is unavailable (the last write raised StoreUnavailable), inference records are still
 queued (at most `max_pending`), so /inference keeps answering with its whole result; a synthetic job is
