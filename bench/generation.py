@@ -17,22 +17,17 @@ The last line is one JSON object with the speedups at 128 px and the batched thr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-
 import json
 import math
 import time
 
 import numpy as np
 import torch
-
 from astropy.cosmology import FlatLambdaCDM
 from lenstronomy.Cosmo.lens_cosmo import LensCosmo
 from lenstronomy.LensModel.lens_model import LensModel
 
-from lensing import EllipticalNFW, HaloParameters, MapRequest, NFW, generate_map, lens_geometry
+from lensing import NFW, EllipticalNFW, HaloParameters, MapRequest, generate_map, lens_geometry
 from lensing.grid import pixel_grid
 from lensing.synthetic import generate_batch, sample_hosts
 

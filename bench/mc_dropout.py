@@ -12,10 +12,7 @@ matmul on the same machine and thread count. Last line: one JSON object with the
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
-
 
 import numpy as np
 import torch
@@ -23,8 +20,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from lensing import MapRequest, generate_map
-from lensing.pinn.preprocess import prepare_input
 from lensing.pinn.predictor import Predictor
+from lensing.pinn.preprocess import prepare_input
 
 REPEATS = 7
 MATMUL_SIZE = 2048
@@ -94,7 +91,8 @@ def main() -> None:
     matmul_rate = matmul_gflops()
 
     print(f"torch threads: {torch.get_num_threads()}")
-    print(f"{'batch':>5} | {'mc=1 ms':>9} | {'mc=100 ms':>9} | {'loop x100 ms':>12} | {'mc100/mc1':>9} | {'loop/mc100':>10}")
+    print(f"{'batch':>5} | {'mc=1 ms':>9} | {'mc=100 ms':>9} | {'loop x100 ms':>12} | "
+          f"{'mc100/mc1':>9} | {'loop/mc100':>10}")
     print("-" * 70)
     for batch, t1, t100, tloop, ratio, speedup in rows:
         print(f"{batch:>5} | {t1:>9.2f} | {t100:>9.2f} | {tloop:>12.1f} | {ratio:>9.2f} | {speedup:>10.1f}")

@@ -35,10 +35,10 @@ def map_request(spec: SyntheticRequest, seed: int, loc: tuple[str | int, ...] = 
     try:
         return MapRequest(
             profile_type=spec.profile_type, M_vir=spec.mass, scale_radius=spec.scale_radius,
-            ellipticity=spec.ellipticity, position_angle=spec.position_angle, grid_size=spec.grid_size,
-            fov_kpc=spec.fov_kpc, z_lens=spec.z_lens, z_source=spec.z_source, scenario=spec.scenario,
-            seed=seed, noise_sigma=spec.noise_sigma, center_x_kpc=spec.center_x_kpc, center_y_kpc=spec.center_y_kpc,
-            ra=spec.ra, dec=spec.dec,
+            concentration=spec.concentration, ellipticity=spec.ellipticity, position_angle=spec.position_angle,
+            grid_size=spec.grid_size, fov_kpc=spec.fov_kpc, z_lens=spec.z_lens, z_source=spec.z_source,
+            scenario=spec.scenario, seed=seed, noise_sigma=spec.noise_sigma, center_x_kpc=spec.center_x_kpc,
+            center_y_kpc=spec.center_y_kpc, ra=spec.ra, dec=spec.dec,
         )
     except InputError as exc:
         raise invalid_input(exc, loc, SyntheticRequest.model_fields) from None

@@ -119,6 +119,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str, inter
         time.sleep(interval)
 
 
+def serve_applications(cluster: LocalRayCluster) -> dict:
+    """The cluster's Serve applications by name, from the dashboard's REST API (what `serve status` reads).
+
+    Unlike `serve.status()` in the test process, this never holds a handle to a controller that a
+    `serve shutdown` has killed."""
+    response = requests.get(f"{cluster.dashboard_url}/api/serve/applications/", timeout=10)
+    response.raise_for_status()
+    return response.json().get("applications") or {}
+
+
 def healthy(base_url: str) -> bool:
     return requests.get(base_url + "/health", timeout=5).status_code == 200
 

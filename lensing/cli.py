@@ -12,9 +12,20 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
-from .pinn import calibration, evaluate, train
-from .limits import DEC, ELLIPTICITY, GRID_SIZE, MASS, MAX_CENTER_FRACTION, NOISE_SIGMA, POSITION_ANGLE, SCALE_RADIUS, InputError
 from .io import save_npy, save_png, write_fits
+from .limits import (
+    CONCENTRATION,
+    DEC,
+    ELLIPTICITY,
+    GRID_SIZE,
+    MASS,
+    MAX_CENTER_FRACTION,
+    NOISE_SIGMA,
+    POSITION_ANGLE,
+    SCALE_RADIUS,
+    InputError,
+)
+from .pinn import calibration, evaluate, train
 from .profiles import PROFILE_TYPES
 from .scenarios import SCENARIOS
 from .synthetic import MapRequest, SyntheticMap, generate_map
@@ -43,7 +54,9 @@ _OPTIONS = (
     _Option("--mass", "M_vir", float, "host virial mass M_vir = M_200c in Msun (solar masses), "
             f"in {MASS.text()}"),
     _Option("--scale-radius", "scale_radius", float, "host NFW scale radius r_s in physical kpc, "
-            f"in {SCALE_RADIUS.text()}"),
+            f"in {SCALE_RADIUS.text()}; omit it (and --concentration) for the Duffy et al. (2008) relation"),
+    _Option("--concentration", "concentration", float, "host concentration c = r_200 / r_s (dimensionless), "
+            f"instead of --scale-radius, in {CONCENTRATION.text()}"),
     _Option("--ellipticity", "ellipticity", float, "host ellipticity e = (1 - q) / (1 + q), dimensionless, "
             f"q = minor/major axis ratio, in {ELLIPTICITY.text()}"),
     _Option("--position-angle", "position_angle", float, "host position angle in degrees, "
@@ -129,7 +142,8 @@ def _fail(message: str, code: int) -> int:
 
 
 # Each entry registers one subcommand; add yours here.
-SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (add_generate_parser, train.add_parser, calibration.add_parser, evaluate.add_parser)
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    add_generate_parser, train.add_parser, calibration.add_parser, evaluate.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

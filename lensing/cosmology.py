@@ -14,9 +14,9 @@ import astropy.units as u
 from astropy.constants import G, c
 from astropy.cosmology import FlatLambdaCDM
 
+from .grid import DEFAULT_FOV_KPC, check_fov
 from .limits import H0 as H0_RANGE
 from .limits import OM0 as OM0_RANGE
-from .grid import DEFAULT_FOV_KPC, check_fov
 from .limits import check_redshifts
 
 DEFAULT_Z_LENS = 0.5

@@ -131,7 +131,8 @@ def _wcs_pixel_kpc(header: fits.Header, suffix: str, d_l_kpc: float) -> tuple[st
     """(keyword, pixel side in kpc) of the WCS with key `suffix` ('' = primary); None if it has no physical scale."""
     ctypes = [str(header.get(f"CTYPE{axis}{suffix}", "")).upper() for axis in (1, 2)]
     celestial = [c.startswith(("RA", "DEC", "GLON", "GLAT", "ELON", "ELAT")) for c in ctypes]
-    if any(celestial) and not (ctypes[0].startswith(("RA", "GLON", "ELON")) and ctypes[1].startswith(("DEC", "GLAT", "ELAT"))):
+    longitude_first = ctypes[0].startswith(("RA", "GLON", "ELON")) and ctypes[1].startswith(("DEC", "GLAT", "ELAT"))
+    if any(celestial) and not longitude_first:
         raise InputError(f"CTYPE1{suffix}", f"FITS WCS axes {ctypes} are not (longitude, latitude): a transposed "
                                             "or partial celestial WCS is not supported")
     scales = _axis_scales(header, suffix)
@@ -139,7 +140,8 @@ def _wcs_pixel_kpc(header: fits.Header, suffix: str, d_l_kpc: float) -> tuple[st
         return None
     (keyword1, scale1), (keyword2, scale2) = scales
     if not _close(abs(scale1), abs(scale2)):
-        raise InputError(keyword2, f"FITS WCS has non-square pixels ({keyword1} = {scale1:g}, {keyword2} = {scale2:g}); "
+        raise InputError(keyword2, "FITS WCS has non-square pixels "
+                         f"({keyword1} = {scale1:g}, {keyword2} = {scale2:g}); "
                                    "resample to square pixels first")
     units = [header.get(f"CUNIT{axis}{suffix}") for axis in (1, 2)]
     in_kpc = []

@@ -14,10 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cosmology import LensGeometry
-from .limits import ELLIPTICITY, MASS, SCALE_RADIUS, check_finite_positive
+from .limits import CONCENTRATION, ELLIPTICITY, MASS, SCALE_RADIUS, InputError, check_finite_positive
 from .nfw_math import namespace, nfw_mass_function
 
 DELTA_CRIT = 200.0
+# Duffy et al. (2008, MNRAS 390, L64), Table 1: M_200c, full sample, NFW fits, 0 < z < 2: c = A (M / M_pivot)^B (1+z)^C
+DUFFY_A, DUFFY_B, DUFFY_C, DUFFY_PIVOT = 5.71, -0.084, -0.47, 2e12  # pivot in h^-1 Msun
+DUFFY_2008 = "Duffy et al. (2008) M200c-c, full sample"  # fits a FITS string card
+SCALE_RADIUS_SOURCES = ("scale_radius", "concentration", DUFFY_2008)  # where a host's r_s came from
 
 
 def r200_from_mass(mass, rho_crit: float):
@@ -65,7 +69,7 @@ class HaloParameters:
         check_finite_positive("scale_radius", self.r_s)
 
     @classmethod
-    def from_mass_concentration(cls, M_vir: float, c: float, geometry: LensGeometry) -> "HaloParameters":
+    def from_mass_concentration(cls, M_vir: float, c: float, geometry: LensGeometry) -> HaloParameters:
         """Build from M_200c and concentration c = r_200 / r_s."""
         check_finite_positive("M_vir", M_vir)
         check_finite_positive("concentration", c)
@@ -89,6 +93,26 @@ class HaloParameters:
     def kappa_s(self) -> float:
         """Dimensionless lensing normalisation kappa_s = rho_s r_s / Sigma_cr."""
         return self.rho_s * self.r_s / self.geometry.sigma_crit
+
+
+def duffy_concentration(mass, z: float, h: float):
+    """Duffy et al. (2008) M_200c concentration for the full sample (mass in Msun; h = H0 / 100)."""
+    return DUFFY_A * (mass / (DUFFY_PIVOT / h)) ** DUFFY_B * (1.0 + z) ** DUFFY_C
+
+
+def resolve_scale_radius(M_vir: float, geometry: LensGeometry, scale_radius: float | None = None,
+                         concentration: float | None = None) -> tuple[float, str]:
+    """(r_s in kpc, where it came from) of a host given by M_200c and at most one of r_s or c = r_200 / r_s;
+    with neither, c comes from the Duffy et al. (2008) relation at z_lens. InputError when both are given."""
+    if scale_radius is not None and concentration is not None:
+        raise InputError("concentration", "give scale_radius or concentration, not both")
+    if scale_radius is not None:
+        return float(scale_radius), "scale_radius"
+    if concentration is not None:
+        c, source = CONCENTRATION.check("concentration", concentration), "concentration"
+    else:
+        c, source = float(duffy_concentration(M_vir, geometry.z_lens, geometry.H0 / 100.0)), DUFFY_2008
+    return float(r200_from_mass(MASS.check("M_vir", M_vir), geometry.rho_crit)) / c, source
 
 
 def check_host_box(M_vir: float, scale_radius: float, ellipticity: float) -> None:

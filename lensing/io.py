@@ -110,6 +110,7 @@ _CARDS = (
     _Card("PROFILE", "profile_type", "host profile"),
     _Card("M_VIR", "M_vir", "[Msun] host M_200c"),
     _Card("R_S", "scale_radius", "[kpc] host NFW scale radius"),
+    _Card("RS_SRC", "scale_radius_source", "r_s given, from c, or M-c relation"),
     _Card("ELLIP", "ellipticity", "host (1-q)/(1+q), q = minor/major axes"),
     _Card("PA", "position_angle", "[deg] host position angle, CCW from +x"),
     _Card("CENX_KPC", "center_x_kpc", "[kpc] host centre x from the map centre"),
@@ -151,7 +152,8 @@ def fits_header(smap: SyntheticMap) -> fits.Header:
     header["WCSAXES"] = (2, "two image axes")
     header["WCSNAME"] = ("sky", "celestial coordinates of the lens plane")
     header["RADESYS"] = ("ICRS", "celestial reference frame")
-    centre_pixel = {1: (n + 1) / 2 + request.center_x_kpc / pixel_kpc, 2: (n + 1) / 2 + request.center_y_kpc / pixel_kpc}
+    centre_pixel = {1: (n + 1) / 2 + request.center_x_kpc / pixel_kpc,
+                    2: (n + 1) / 2 + request.center_y_kpc / pixel_kpc}
     for axis, ctype, value, sign in ((1, "RA---TAN", request.ra, -1.0), (2, "DEC--TAN", request.dec, 1.0)):
         header[f"CTYPE{axis}"] = (ctype, "gnomonic projection")
         header[f"CUNIT{axis}"] = ("deg", "degrees")

@@ -63,7 +63,7 @@ def as_real(field: str, value: object) -> float:
     """`value` as a float when it is a real number (bool is not), else InputError naming `field`."""
     if isinstance(value, bool) or not isinstance(value, (Real, np.integer, np.floating)):
         raise InputError(field, f"{field} must be a number, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def check_finite(field: str, value: object) -> float:
@@ -109,6 +109,11 @@ MASS = Range(1e11, 1e14, "Msun")  # M_vir = M_200c
 SCALE_RADIUS = Range(50.0, 500.0, "kpc")  # physical
 ELLIPTICITY = Range(0.0, 0.5)  # e = (1 - q) / (1 + q)
 POSITION_ANGLE = Range(-360.0, 360.0, "deg")  # counter-clockwise from +x
+CONCENTRATION = Range(1.0, 50.0)  # c = r_200 / r_s, an alternative to giving r_s
+# r_s of a host whose r_s is derived (from c, or from a mass-concentration relation) rather than given: the
+# box's 50 kpc floor excludes realistic galaxy-scale halos (c ~ 5-10 below 2e12 Msun), so derived radii
+# need only be physical. The PINN is trained on the box; outside it its estimates are extrapolations.
+DERIVED_SCALE_RADIUS = Range(1.0, 5000.0, "kpc")
 
 # --- profiles (subhalos and internal use go beyond the API box) -----------------------------------
 PROFILE_ELLIPTICITY = Range(0.0, 0.99)

@@ -39,7 +39,6 @@ from .nfw_math import (
     truncated_nfw_projected_sq,
 )
 
-
 _BLOCK = 16384  # elements evaluated at once: the ~10 temporaries of a block stay in the CPU cache
 
 
@@ -103,7 +102,8 @@ class Profile(ABC):
         """Dimensionless surface density kappa at (x, y) in kpc."""
 
     def convergence_map(self, grid_size: int, fov_kpc: float = DEFAULT_FOV_KPC) -> np.ndarray:
-        """kappa on the (grid_size, grid_size) pixel grid of docs/design.md section 3 (map[i][j] at X[i][j], Y[i][j])."""
+        """kappa on the (grid_size, grid_size) pixel grid of docs/design.md section 3 (map[i][j] at X[i][j],
+        Y[i][j])."""
         return self.convergence(*pixel_grid(grid_size, fov_kpc))
 
 
@@ -121,7 +121,7 @@ class NFW(Profile):
         check_finite_positive("scale_radius", self.r_s)
 
     @classmethod
-    def from_halo(cls, halo: HaloParameters, center_x: float = 0.0, center_y: float = 0.0) -> "NFW":
+    def from_halo(cls, halo: HaloParameters, center_x: float = 0.0, center_y: float = 0.0) -> NFW:
         return cls(halo.kappa_s, halo.r_s, center_x, center_y)
 
     def _convergence(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -205,7 +205,7 @@ class EllipticalNFW(_PointSymmetricProfile):
 
     @classmethod
     def from_halo(cls, halo: HaloParameters, ellipticity: float, position_angle_deg: float = 0.0,
-                  center_x: float = 0.0, center_y: float = 0.0) -> "EllipticalNFW":
+                  center_x: float = 0.0, center_y: float = 0.0) -> EllipticalNFW:
         ELLIPTICITY.check("ellipticity", ellipticity)
         return cls(halo.kappa_s, halo.r_s, ellipticity, position_angle_deg, center_x, center_y)
 
@@ -250,7 +250,7 @@ class CoredNFW(_PointSymmetricProfile):
     def from_halo(
         cls, halo: HaloParameters, core_fraction: float, ellipticity: float = 0.0, position_angle_deg: float = 0.0,
         center_x: float = 0.0, center_y: float = 0.0,
-    ) -> "CoredNFW":
+    ) -> CoredNFW:
         return cls(halo.kappa_s, halo.r_s, core_fraction, ellipticity, position_angle_deg, center_x, center_y)
 
     def _centred_convergence(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:

@@ -92,6 +92,7 @@ def render_hosts(
         x2 = squared_radius(block)
         shape = nfw_projected_sq(x2)
         if bool(cored[block].any()):
+            assert core_fraction is not None  # some host is cored
             index = torch.nonzero(cored[block]).squeeze(1)
             b = core_fraction[block][index, None]
             shape = shape.index_copy(0, index, cored_nfw_projected_sq(x2[index], b))

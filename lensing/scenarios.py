@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .halo import HaloParameters, characteristic_density, r200_from_mass
 from .grid import q_from_ellipticity
-from .nfw_math import nfw_enclosed, nfw_mass_function
+from .halo import HaloParameters, characteristic_density, duffy_concentration, r200_from_mass
 from .limits import check_choice
+from .nfw_math import nfw_enclosed, nfw_mass_function
 
 SCENARIOS = ("CDM", "WDM", "SIDM")
 SCENARIO_CLASS = {name: index for index, name in enumerate(SCENARIOS)}
@@ -42,7 +42,6 @@ SUBHALO_FRACTION_RANGE = (0.01, 0.05)
 WDM_HALF_MODE_LOG10_RANGE = (-2.5, -1.5)  # log10(m_hm / M_host)
 WDM_GAMMA, WDM_BETA = 2.7, 0.99
 SIDM_CORE_RANGE = (0.1, 0.5)  # r_c / r_s
-DUFFY_A, DUFFY_B, DUFFY_C, DUFFY_PIVOT = 5.71, -0.084, -0.47, 2e12  # pivot in h^-1 Msun
 MIN_TAU = 0.5
 
 
@@ -58,7 +57,7 @@ class Subhalos:
     tau: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Subhalos":
+    def empty(cls) -> Subhalos:
         zero = np.zeros(0)
         return cls(zero, zero, zero, zero, zero, zero)
 
@@ -78,11 +77,6 @@ class ScenarioRealisation:
     @property
     def class_id(self) -> int:
         return SCENARIO_CLASS[self.name]
-
-
-def duffy_concentration(mass, z: float, h: float):
-    """Duffy et al. (2008) M_200c concentration for the full sample."""
-    return DUFFY_A * (mass / (DUFFY_PIVOT / h)) ** DUFFY_B * (1.0 + z) ** DUFFY_C
 
 
 def _sample_power_law(rng: np.random.Generator, n: int, slope: float, low: float, high: float) -> np.ndarray:

@@ -13,9 +13,17 @@ import torch
 
 from .cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, LensGeometry, lens_geometry
 from .grid import DEFAULT_FOV_KPC, check_fov, pixel_grid
-from .halo import HaloParameters, characteristic_density, check_host_box, r200_from_mass
+from .halo import (
+    SCALE_RADIUS_SOURCES,
+    HaloParameters,
+    characteristic_density,
+    check_host_box,
+    r200_from_mass,
+    resolve_scale_radius,
+)
 from .limits import (
     DEC,
+    DERIVED_SCALE_RADIUS,
     ELLIPTICITY,
     GRID_SIZE,
     MASS,
@@ -42,7 +50,9 @@ class MapRequest:
 
     profile_type: str = "NFW"
     M_vir: float = 1e12
-    scale_radius: float = 200.0
+    # r_s is given, or derived from `concentration`, or (neither given) from the Duffy et al. (2008)
+    # relation at z_lens; construction resolves it, and `scale_radius_source` says which it was
+    scale_radius: float | None = None
     ellipticity: float = 0.0
     position_angle: float = 0.0  # degrees, counter-clockwise from +x
     grid_size: int = 64
@@ -56,10 +66,12 @@ class MapRequest:
     center_y_kpc: float = 0.0
     ra: float = 0.0  # sky position of the host centre (ICRS degrees), for the FITS celestial WCS
     dec: float = 0.0
+    concentration: float | None = None  # c = r_200 / r_s, an alternative to scale_radius
+    scale_radius_source: str | None = None  # set on construction: "scale_radius", "concentration" or DUFFY_2008
 
     def __post_init__(self) -> None:
         check_choice("profile_type", self.profile_type, PROFILE_TYPES)
-        check_host_box(self.M_vir, self.scale_radius, self.ellipticity)
+        self._resolve_scale_radius()
         check_round_nfw(self.profile_type, self.ellipticity)
         POSITION_ANGLE.check("position_angle", self.position_angle)
         check_integer("grid_size", self.grid_size, GRID_SIZE)
@@ -77,6 +89,30 @@ class MapRequest:
         ):
             raise InputError("seed", f"seed must be a non-negative integer or null, got {self.seed!r}")
         lens_geometry(self.z_lens, self.z_source)  # validates the redshifts
+
+    def _resolve_scale_radius(self) -> None:
+        """Fix r_s and its source. A given r_s must lie in the API box (the PINN's training range); a derived
+        one only needs to be physical (DERIVED_SCALE_RADIUS): realistic galaxy halos have r_s below the box.
+        A request rebuilt from a resolved one (asdict) keeps its r_s and source."""
+        source = self.scale_radius_source
+        if self.scale_radius is None or self.concentration is not None:
+            MASS.check("M_vir", self.M_vir)
+            r_s, source = resolve_scale_radius(self.M_vir, self.geometry, self.scale_radius, self.concentration)
+            object.__setattr__(self, "scale_radius", r_s)
+            object.__setattr__(self, "concentration", None)  # parameters() reports the halo's c
+        check_choice("scale_radius_source", source, SCALE_RADIUS_SOURCES, optional=True)
+        object.__setattr__(self, "scale_radius_source", source or "scale_radius")
+        if self.scale_radius_source == "scale_radius":
+            check_host_box(self.M_vir, self.r_s, self.ellipticity)
+        else:
+            check_host_box(self.M_vir, SCALE_RADIUS.low, self.ellipticity)
+            DERIVED_SCALE_RADIUS.check("scale_radius", self.scale_radius)
+
+    @property
+    def r_s(self) -> float:
+        """The resolved scale radius, kpc."""
+        assert self.scale_radius is not None  # resolved on construction
+        return self.scale_radius
 
     @property
     def geometry(self) -> LensGeometry:
@@ -111,6 +147,7 @@ class SyntheticMap:
         return {
             "M_vir": self.halo.M_vir,
             "scale_radius": self.halo.r_s,
+            "scale_radius_source": self.request.scale_radius_source,
             "ellipticity": self.request.ellipticity,
             "position_angle": self.request.position_angle,
             "center_x_kpc": self.request.center_x_kpc,
@@ -157,7 +194,7 @@ class SyntheticMap:
 def generate_map(request: MapRequest) -> SyntheticMap:
     """Render one map exactly (float64): host, optional scenario, optional Gaussian noise."""
     geometry = request.geometry
-    halo = HaloParameters(request.M_vir, request.scale_radius, geometry)
+    halo = HaloParameters(request.M_vir, request.r_s, geometry)
     rng = np.random.default_rng(request.seed)
     centre = (request.center_x_kpc, request.center_y_kpc)
     scenario = (
@@ -214,7 +251,12 @@ class HostBatch:
     def __len__(self) -> int:
         return int(self.M_vir.size)
 
-    def subset(self, index) -> "HostBatch":
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) host centres in kpc from the map centre (zeros unless given)."""
+        assert self.center_x_kpc is not None and self.center_y_kpc is not None  # filled in on construction
+        return self.center_x_kpc, self.center_y_kpc
+
+    def subset(self, index) -> HostBatch:
         return HostBatch(**{k: np.asarray(v)[index] for k, v in asdict(self).items()})
 
 
@@ -262,8 +304,9 @@ def generate_batch(
     """
     geometry = geometry or lens_geometry()
     check_fov(fov_kpc)
-    for name in ("center_x_kpc", "center_y_kpc"):
-        largest = float(np.abs(getattr(hosts, name)).max()) if len(hosts) else 0.0
+    center_x, center_y = hosts.centres()
+    for name, centre in (("center_x_kpc", center_x), ("center_y_kpc", center_y)):
+        largest = float(np.abs(centre).max()) if len(hosts) else 0.0
         if not largest <= MAX_CENTER_FRACTION * fov_kpc:
             raise InputError(name, f"{name} must be within +-{MAX_CENTER_FRACTION * fov_kpc:g} kpc (half the "
                                    f"field of view), got {largest:g}")
@@ -275,7 +318,7 @@ def generate_batch(
         halo = HaloParameters(float(hosts.M_vir[k]), float(hosts.scale_radius[k]), geometry)
         draw = draw_scenario(
             SCENARIOS[hosts.scenario[k]], halo, float(hosts.ellipticity[k]), float(hosts.position_angle[k]),
-            np.random.default_rng(int(hosts.seed[k])), float(hosts.center_x_kpc[k]), float(hosts.center_y_kpc[k]),
+            np.random.default_rng(int(hosts.seed[k])), float(center_x[k]), float(center_y[k]),
         )
         core[k] = draw.core_fraction or 0.0
         s = draw.subhalos
@@ -288,8 +331,8 @@ def generate_batch(
         as_tensor(np.radians(hosts.position_angle)),
         grid_size,
         core_fraction=as_tensor(core) if core.any() else None,
-        center_x_over_fov=as_tensor(hosts.center_x_kpc / fov_kpc) if hosts.center_x_kpc.any() else None,
-        center_y_over_fov=as_tensor(hosts.center_y_kpc / fov_kpc) if hosts.center_y_kpc.any() else None,
+        center_x_over_fov=as_tensor(center_x / fov_kpc) if center_x.any() else None,
+        center_y_over_fov=as_tensor(center_y / fov_kpc) if center_y.any() else None,
     )
     if sub_index:
         index = torch.as_tensor(np.concatenate(sub_index), dtype=torch.long, device=device)

@@ -55,9 +55,9 @@ def autoscaled_config(port: int, store) -> dict:
     shipped = deployment(load_yaml(GPU_CONFIG), "PINNPredictor")["autoscaling_config"]
     assert set(TEST_AUTOSCALING) - {"look_back_period_s"} <= set(shipped)  # the same knobs as the shipped pool
     predictor = deployment(config, "PINNPredictor")
-    predictor.pop("num_replicas")
+    predictor.pop("num_replicas", None)  # serve_config.yaml may leave it at the code default
     predictor["autoscaling_config"] = dict(TEST_AUTOSCALING)
-    predictor["ray_actor_options"]["num_cpus"] = 0.5  # two replicas and the rest of the app fit 2 CPUs
+    predictor.setdefault("ray_actor_options", {})["num_cpus"] = 0.5  # two replicas and the rest of the app fit 2 CPUs
     # as in configs/serve-gpu.yaml: maps travel one per call until the pool's full range, so calls count maps
     config["applications"][0]["args"]["pool"] = {
         "calls_in_flight": TEST_AUTOSCALING["max_replicas"] * TEST_AUTOSCALING["target_ongoing_requests"]}

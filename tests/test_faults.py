@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from harness.ray_head import VENV_BIN
-from harness.serve import APP, LiveService, healthy, replica_actors, serve_deploy, wait_until
+from harness.serve import APP, LiveService, healthy, replica_actors, serve_applications, serve_deploy, wait_until
 from lensing.synthetic import MapRequest, generate_map
 from tests.conftest import API_KEY
 
@@ -177,8 +177,7 @@ def test_jobs_batches_and_stats_survive_a_serve_shutdown(hardened):
     result = subprocess.run([str(VENV_BIN / "serve"), "shutdown", "-a", service.cluster.dashboard_url, "-y"],
                             env=service.cluster.env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    from ray import serve
-    wait_until(lambda: APP not in serve.status().applications, 120, "the app was not shut down")
+    wait_until(lambda: APP not in serve_applications(service.cluster), 120, "the app was not shut down")
     with pytest.raises(requests.RequestException):
         requests.get(service.url("/health"), timeout=5).raise_for_status()
 

@@ -25,7 +25,7 @@ from lensing.nfw_math import (
 )
 from lensing.render import add_subhalos, render_hosts
 from lensing.scenarios import SCENARIOS
-from lensing.synthetic import HostBatch, NO_SCENARIO, generate_batch, kappa_s_of, sample_hosts
+from lensing.synthetic import NO_SCENARIO, HostBatch, generate_batch, kappa_s_of, sample_hosts
 
 
 def random_hosts(seed: int, n: int) -> list[tuple[float, float, float, float]]:
@@ -60,7 +60,7 @@ def test_mass_2d_is_the_integral_of_kappa():
         profile = NFW.from_halo(HaloParameters(mass, r_s, g))
         inner = X_MIN * r_s
         for radius in (0.01 * r_s, 0.7 * r_s, r_s, 3.0 * r_s, 20.0 * r_s):
-            integral, _ = quad(lambda r: 2 * math.pi * r * float(profile.convergence(r, 0.0)), inner, radius,
+            integral, _ = quad(lambda r, p=profile: 2 * math.pi * r * float(p.convergence(r, 0.0)), inner, radius,
                                epsabs=0.0, epsrel=1e-13, limit=200, points=[r for r in (1e-3 * r_s, r_s) if r < radius])
             expected = float(profile.mass_2d(radius, g.sigma_crit) - profile.mass_2d(inner, g.sigma_crit))
             assert integral * g.sigma_crit == pytest.approx(expected, rel=1e-11)
@@ -166,7 +166,8 @@ def test_off_centre_profiles_are_the_centred_ones_shifted(grid_size):
         (CoredNFW.from_halo(halo, 0.4, 0.2, 100.0), CoredNFW.from_halo(halo, 0.4, 0.2, 100.0, 3 * step, -2 * step)),
     ):
         np.testing.assert_array_equal(shifted.convergence_map(grid_size, 700.0), shifted.convergence(x, y))
-        np.testing.assert_allclose(shifted.convergence(x, y), centred.convergence(x - 3 * step, y + 2 * step), rtol=1e-13)
+        np.testing.assert_allclose(shifted.convergence(x, y), centred.convergence(x - 3 * step, y + 2 * step),
+                                   rtol=1e-13)
         moved, original = shifted.convergence_map(grid_size, 700.0), centred.convergence_map(grid_size, 700.0)
         np.testing.assert_allclose(moved[: grid_size - 2, 3:], original[2:, : grid_size - 3], rtol=1e-12)
 

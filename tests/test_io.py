@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 from dataclasses import asdict
 
+import astropy.units as u
 import numpy as np
 import pytest
-import astropy.units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
@@ -17,7 +17,6 @@ from matplotlib.image import imread
 from lensing import MapRequest, generate_map, lens_geometry
 from lensing.cosmology import MapGeometry
 from lensing.fits_wcs import fits_geometry
-from lensing.limits import InputError
 from lensing.io import (
     FIGURE_SIZE_INCHES,
     PNG_DPI,
@@ -34,6 +33,7 @@ from lensing.io import (
     validate_map,
     write_fits,
 )
+from lensing.limits import InputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -83,7 +83,8 @@ def test_npy_bytes_round_trip_and_float64_output(smap):
 
 
 def _expected_cards(smap) -> dict:
-    return {**smap.geometry_dict(), **smap.parameters(), **asdict(smap.request)}
+    # the halo's parameters last: the request's concentration is None once it is resolved into r_s
+    return {**asdict(smap.request), **smap.geometry_dict(), **smap.parameters()}
 
 
 def test_fits_file_round_trip_is_bit_exact(tmp_path, smap):
@@ -154,7 +155,8 @@ def test_fits_geometry_reads_our_header_and_checks_the_request(smap):
     expected = MapGeometry(smap.request.fov_kpc, smap.request.z_lens, smap.request.z_source)
     assert fits_geometry(data) == expected
     assert fits_geometry(data, fov_kpc=800.0, z_lens=0.4, z_source=1.7) == expected
-    for given, keyword in (({"fov_kpc": 1000.0}, "FOVKPC"), ({"z_lens": 0.5}, "Z_LENS"), ({"z_source": 2.0}, "Z_SOURCE")):
+    for given, keyword in (({"fov_kpc": 1000.0}, "FOVKPC"), ({"z_lens": 0.5}, "Z_LENS"),
+                           ({"z_source": 2.0}, "Z_SOURCE")):
         with pytest.raises(InputError, match=keyword) as error:
             fits_geometry(data, **given)
         assert error.value.field == keyword

@@ -11,14 +11,21 @@ import torch
 from torch import nn
 
 from lensing import MapRequest, generate_map
-from lensing.pinn.checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, export_weights, load_pretrained, load_weights
+from lensing.pinn.checkpoint import (
+    CARD_NAME,
+    PACKAGE_WEIGHTS_DIR,
+    WEIGHTS_NAME,
+    export_weights,
+    load_pretrained,
+    load_weights,
+)
 from lensing.pinn.evaluate import evaluate, run_set, summarise_set
 from lensing.pinn.model import PINN, PINNConfig
+from lensing.pinn.predictor import MapGeometry, Predictor
 from lensing.pinn.preprocess import prepare_input
 from lensing.pinn.refine import THETA_BOX, refine_theta
 from lensing.pinn.sampling import dropout_masks
 from lensing.pinn.train import load_config, train
-from lensing.pinn.predictor import MapGeometry, Predictor
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 4242  # never used by training (seed 3) or calibration (seed 10003)
@@ -287,4 +294,5 @@ def test_fine_tuning_can_add_the_substructure_branch(tmp_path):
         for before, after in zip(source(x), extended(x)):
             assert torch.allclose(before, after, atol=1e-6)
     with pytest.raises(ValueError, match="shape"):
-        load_pretrained(PINN(PINNConfig(**(small | {"head_hidden": 16}))), tmp_path / WEIGHTS_NAME, tmp_path / CARD_NAME)
+        load_pretrained(PINN(PINNConfig(**(small | {"head_hidden": 16}))), tmp_path / WEIGHTS_NAME,
+                        tmp_path / CARD_NAME)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import requests
 
+from lensing.grid import DEFAULT_FOV_KPC
+from lensing.limits import MAX_CENTER_FRACTION
 from tests.conftest import API_KEY
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -56,11 +58,21 @@ def square_maps(value):
         return [square_maps(item) for item in value]
     if not isinstance(value, dict):
         return value
-    rows = value.get("convergence_map")
-    if isinstance(rows, list) and rows and all(isinstance(row, list) for row in rows):
-        side = min(len(rows), *(len(row) for row in rows))
-        value = value | {"convergence_map": [row[:side] for row in rows[:side]]}
+    value = dict(value)
+    if _is_map(rows := value.get("convergence_map")):
+        value["convergence_map"] = _square(rows)
+    if isinstance(stack := value.get("convergence_maps"), list):
+        value["convergence_maps"] = [_square(rows) if _is_map(rows) else rows for rows in stack]
     return {key: square_maps(item) for key, item in value.items()}
+
+
+def _is_map(rows) -> bool:
+    return isinstance(rows, list) and bool(rows) and all(isinstance(row, list) for row in rows)
+
+
+def _square(rows: list) -> list:
+    side = min(len(rows), *(len(row) for row in rows))
+    return [row[:side] for row in rows[:side]]
 
 
 def positive(case, input_size: int):
@@ -73,20 +85,31 @@ def positive(case, input_size: int):
     return case
 
 
-def redshifts_in_order(value, defaults=(0.5, 2.0)) -> bool:
-    """Whether every geometry in a request part (body, query) has z_source > z_lens (defaults filled in).
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    A request rule the OpenAPI document cannot state (it compares two fields); positive cases that
-    break it are skipped here, and tests/test_serve_app.py checks that it gives a 422 naming z_source."""
+
+def follows_cross_field_rules(value, z_defaults=(0.5, 2.0), fov_default=DEFAULT_FOV_KPC) -> bool:
+    """Whether every geometry in a request part (body, query) has z_source > z_lens and a halo centre
+    within half the field of view (defaults filled in).
+
+    Rules the OpenAPI document cannot state (they compare two fields); positive cases that break them are
+    skipped here, and tests/test_serve_app.py and tests/test_validation.py check that they give a 422
+    naming the field."""
     if isinstance(value, list):
-        return all(redshifts_in_order(item) for item in value)
+        return all(follows_cross_field_rules(item) for item in value)
     if not isinstance(value, dict):
         return True
     if "z_lens" in value or "z_source" in value:
-        z_lens, z_source = value.get("z_lens", defaults[0]), value.get("z_source", defaults[1])
-        if isinstance(z_lens, (int, float)) and isinstance(z_source, (int, float)) and z_source <= z_lens:
+        z_lens, z_source = value.get("z_lens", z_defaults[0]), value.get("z_source", z_defaults[1])
+        if _number(z_lens) and _number(z_source) and z_source <= z_lens:
             return False
-    return all(redshifts_in_order(item) for item in value.values())
+    fov = value.get("fov_kpc", fov_default)
+    for key in ("center_x_kpc", "center_y_kpc"):
+        centre = value.get(key)
+        if _number(centre) and _number(fov) and abs(centre) > MAX_CENTER_FRACTION * fov:
+            return False
+    return all(follows_cross_field_rules(item) for item in value.values())
 
 
 @pytest.mark.parametrize("method, path, mode", CASES, ids=[f"{m} {p} {mode}" for m, p, mode in CASES])
@@ -98,7 +121,7 @@ def test_api_conforms_to_its_openapi_document(api_schema, hardened, method, path
     cases = operation.as_strategy(generation_mode=mode)
     if mode is GenerationMode.POSITIVE:
         cases = cases.map(lambda case: positive(case, model_input_size)).filter(
-            lambda case: redshifts_in_order(case.body) and redshifts_in_order(case.query))
+            lambda case: follows_cross_field_rules(case.body) and follows_cross_field_rules(case.query))
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))

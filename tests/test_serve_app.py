@@ -317,6 +317,20 @@ def test_a_mixed_stack_answers_the_good_maps_and_names_the_bad_one(live):
     assert all(d["loc"][:3] == ["body", "convergence_maps", 2] for d in results[2]["detail"])
     response = post_json(live, "/api/v1/inference", {"convergence_maps": json_maps[1:], "mc_samples": [0, 5]})
     assert response.status_code == 422 and [r["status"] for r in response.json()["results"]] == [422, 422]
+    assert "none of the 2 maps" in response.json()["detail"]  # every 422 has a detail
+
+
+def test_synthetic_halos_take_a_concentration_or_the_duffy_relation(live):
+    duffy = synthetic(live, mass=1e13, grid_size=32, seed=1).json()["parameters"]
+    h, z = 0.7, 0.5  # the default H0 = 70 km/s/Mpc and z_lens
+    assert duffy["concentration"] == pytest.approx(5.71 * (1e13 / (2e12 / h)) ** -0.084 * (1 + z) ** -0.47, rel=1e-3)
+    assert "Duffy" in duffy["scale_radius_source"] and 50 < duffy["scale_radius"] < 150
+    given_c = synthetic(live, mass=2e12, concentration=8.0, grid_size=32, seed=1).json()["parameters"]
+    assert given_c["concentration"] == pytest.approx(8.0, rel=1e-12)
+    assert given_c["scale_radius_source"] == "concentration"
+    assert given_c["scale_radius"] < 50  # a realistic galaxy halo: r_s below the box, accepted when derived
+    given_r = synthetic(live, mass=2e12, scale_radius=200.0, grid_size=32, seed=1).json()["parameters"]
+    assert given_r["scale_radius"] == 200.0 and given_r["scale_radius_source"] == "scale_radius"
 
 
 def test_stack_limits_and_per_map_option_lengths(live):
@@ -376,6 +390,8 @@ BAD_SYNTHETIC = [
     ("extra-field", {"mas": 1e12}, "mas"),
     ("seed", {"seed": -1}, "seed"),
     ("lens-too-near", {"z_lens": 5e-324}, "z_lens"),
+    ("radius-and-concentration", {"scale_radius": 100.0, "concentration": 5.0}, "concentration"),
+    ("concentration", {"concentration": 0.5}, "concentration"),
     ("not-utf8", "\udcff\udcfe{", "body"),
 ]
 

@@ -27,7 +27,17 @@ import requests
 
 from harness.postgres import postgres_server
 from harness.ray_head import VENV_BIN
-from harness.serve import APP, LiveService, deployed, deployment, healthy, replica_actors, serve_deploy, wait_until
+from harness.serve import (
+    APP,
+    LiveService,
+    deployed,
+    deployment,
+    healthy,
+    replica_actors,
+    serve_applications,
+    serve_deploy,
+    wait_until,
+)
 from lensing.synthetic import MapRequest, generate_map
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster
@@ -282,8 +292,7 @@ def test_jobs_batches_and_stats_survive_a_serve_shutdown(live, postgres):
     result = subprocess.run([str(VENV_BIN / "serve"), "shutdown", "-a", service.cluster.dashboard_url, "-y"],
                             env=service.cluster.env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    from ray import serve
-    wait_until(lambda: APP not in serve.status().applications, 120, "the app was not shut down")
+    wait_until(lambda: APP not in serve_applications(service.cluster), 120, "the app was not shut down")
     cut_at = item_counts(postgres, running["batch_id"])
     assert not batch_done(postgres, running["batch_id"]), "make the batch longer"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -18,12 +19,13 @@ from lensing import (
     lens_geometry,
 )
 from lensing.grid import pixel_grid
+from lensing.halo import DUFFY_2008
 from lensing.limits import ELLIPTICITY, MASS, SCALE_RADIUS
-
-MASS_RANGE, SCALE_RADIUS_RANGE, ELLIPTICITY_RANGE = MASS.endpoints, SCALE_RADIUS.endpoints, ELLIPTICITY.endpoints
 from lensing.profiles import host_profile
 from lensing.scenarios import draw_scenario
-from lensing.synthetic import sample_hosts
+from lensing.synthetic import generate_map, sample_hosts
+
+MASS_RANGE, SCALE_RADIUS_RANGE, ELLIPTICITY_RANGE = MASS.endpoints, SCALE_RADIUS.endpoints, ELLIPTICITY.endpoints
 
 NAN, INF = math.nan, math.inf
 
@@ -36,6 +38,7 @@ def outside(bounds: tuple[float, float]) -> list[float]:
 BAD_REQUESTS = (
     [("M_vir", v) for v in [*outside(MASS_RANGE), NAN, INF, -INF, -1e12, 0.0, "heavy", None]]
     + [("scale_radius", v) for v in [*outside(SCALE_RADIUS_RANGE), NAN, INF, -200.0, 0.0]]
+    + [("concentration", v) for v in [0.5, 51.0, NAN, INF, -5.0, "8"]]
     + [("grid_size", v) for v in [0, 4, 2048, 64.5, NAN, INF, None, "64", True]]
     + [("fov_kpc", v) for v in [0.0, -1000.0, 1.7e-117, 0.5, 2e5, NAN, INF, True]]
     + [("position_angle", v) for v in [NAN, INF, 1e4]]
@@ -108,3 +111,17 @@ def test_core_objects_reject_bad_values_naming_the_parameter():
     for name, make in cases:
         with pytest.raises(ValueError, match=name):
             make()
+
+
+def test_a_host_takes_r_s_or_c_or_the_duffy_relation_and_not_both():
+    duffy = MapRequest(M_vir=1e13)  # neither given: c from Duffy et al. (2008) at z_lens = 0.5, h = 0.7
+    assert duffy.scale_radius_source == DUFFY_2008
+    c_duffy = 5.71 * (1e13 / (2e12 / 0.7)) ** -0.084 * 1.5 ** -0.47
+    assert generate_map(MapRequest(M_vir=1e13, grid_size=16)).parameters()["concentration"] == pytest.approx(c_duffy)
+    derived = MapRequest(M_vir=2e12, concentration=8.0)
+    assert derived.scale_radius < SCALE_RADIUS.low and derived.scale_radius_source == "concentration"
+    with pytest.raises(ValueError, match="scale_radius"):  # the same r_s given directly is outside the box
+        MapRequest(M_vir=2e12, scale_radius=derived.scale_radius)
+    assert MapRequest(**asdict(derived)) == derived  # a resolved request rebuilds to itself (batch items)
+    with pytest.raises(ValueError, match="concentration"):
+        MapRequest(M_vir=2e12, scale_radius=200.0, concentration=8.0)

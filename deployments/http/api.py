@@ -137,6 +137,9 @@ def stack_status(response: dict) -> int:
 def stack_response(response: dict, fmt: str) -> Response:
     """A stack's response as JSON (the default), or its results table as .npy or a FITS binary table."""
     status, headers = stack_status(response), {"X-Job-Id": response["job_id"]}
+    if status >= 400:  # an error status keeps the shape of every error: a `detail` saying why
+        response = response | {"detail": f"none of the {response['count']} maps has a result: "
+                                          "results[k].detail says why for map k"}
     if fmt == JSON:
         return json_response(response, status, headers)
     table = results_table(response["results"])

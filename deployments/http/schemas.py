@@ -17,6 +17,7 @@ import lensing
 from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.limits import (
+    CONCENTRATION,
     DEC,
     DEFAULT_MC_SAMPLES,
     ELLIPTICITY,
@@ -103,8 +104,14 @@ class SyntheticRequest(Geometry):
         2e12, ge=MASS.low, le=MASS.high, validation_alias=AliasChoices("mass", "M_vir"),
         description="virial mass M_200c in Msun (alias M_vir)",
     )
-    scale_radius: float = Field(200.0, ge=SCALE_RADIUS.low, le=SCALE_RADIUS.high,
-                                description="NFW scale radius r_s, physical kpc")
+    scale_radius: float | None = Field(
+        None, ge=SCALE_RADIUS.low, le=SCALE_RADIUS.high,
+        description="NFW scale radius r_s, physical kpc. Give this or `concentration`, not both; with neither, "
+                    "c comes from the Duffy et al. (2008) M200c-c relation at z_lens (parameters.scale_radius_source)")
+    concentration: float | None = Field(
+        None, ge=CONCENTRATION.low, le=CONCENTRATION.high,
+        description="c = r_200 / r_s, instead of scale_radius; the derived r_s need not lie in the 50..500 kpc "
+                    "box (the PINN is trained on the box: outside it its estimates extrapolate)")
     ellipticity: float = Field(0.0, ge=ELLIPTICITY.low, le=ELLIPTICITY.high,
                                description="(1-q)/(1+q), q = minor/major axis ratio")
     position_angle: float = Field(0.0, ge=POSITION_ANGLE.low, le=POSITION_ANGLE.high,
@@ -398,5 +405,6 @@ class StackResponse(BaseModel):
     succeeded: int
     failed: int
     results: list[StackEntry]
+    detail: str | None = Field(None, description="on a 422 or 500, when no map has a result: a summary")
     model: ModelRef
     timestamp: str

@@ -39,7 +39,8 @@ class BayesRule:
         masses = np.geomspace(low, high, 4000)
         density = masses ** -scenarios.SUBHALO_SLOPE
         density /= np.trapezoid(density, masses)
-        self.surviving = np.array([np.trapezoid(density * scenarios.wdm_survival(masses, h), masses) for h in self.half_modes])
+        self.surviving = np.array([np.trapezoid(density * scenarios.wdm_survival(masses, h), masses)
+                                   for h in self.half_modes])
 
     def says_wdm(self, mass_ratio: np.ndarray, fraction_in_field: float) -> bool:
         """Poisson-process likelihoods; the mass function itself cancels between the two."""
@@ -47,7 +48,8 @@ class BayesRule:
         n = mass_ratio.size
         cdm = np.mean(np.exp(-expected) * expected**n)
         log_kept = np.log(scenarios.wdm_survival(mass_ratio[None, :], self.half_modes[:, None])).sum(axis=1)
-        wdm = np.mean(np.exp(-expected[:, None] * self.surviving[None, :]) * expected[:, None] ** n * np.exp(log_kept)[None, :])
+        wdm = np.mean(np.exp(-expected[:, None] * self.surviving[None, :]) * expected[:, None] ** n
+                      * np.exp(log_kept)[None, :])
         return bool(wdm > cdm)
 
 

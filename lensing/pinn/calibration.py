@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     directory = Path(args.weights)
     predictor = Predictor.from_files(directory / WEIGHTS_NAME, directory / CARD_NAME)
     card = dict(predictor.card)
-    recipe = DataRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["data_recipe"].items()})
+    recipe = DataRecipe.from_dict(card["data_recipe"])
     card["calibration"] = fit_calibration(predictor, recipe, args.n, args.seed)
     write_card(card, directory)
     print(json.dumps(card["calibration"]))

@@ -85,7 +85,8 @@ def load_pretrained(model: PINN, weights_path: Path, card_path: Path) -> list[st
             current[:, : tensor.shape[1]] = tensor
             new_names.append(f"{name}[:, {tensor.shape[1]}:]")
         else:
-            raise ValueError(f"{name}: shape {tuple(tensor.shape)} in {weights_path}, {tuple(current.shape)} configured")
+            raise ValueError(
+                f"{name}: shape {tuple(tensor.shape)} in {weights_path}, {tuple(current.shape)} configured")
     model.load_state_dict(target)
     return new_names
 

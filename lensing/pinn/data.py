@@ -7,6 +7,7 @@ is simply a seed never used in training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,12 @@ class DataRecipe:
     z_lens_range: tuple[float, float] = (0.2, 0.8)
     z_source_max: float = 3.0
     fov_range: tuple[float, float] = (500.0, 2000.0)  # kpc, log-uniform
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> DataRecipe:
+        """A recipe from its YAML / model-card form (ranges as lists)."""
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        return cls(**values)
 
 
 @dataclass
@@ -68,7 +75,8 @@ def make_batch(
     hosts = sample_hosts(size, rng, scenario_probability=frac)
     if noise_sigma is None:
         noisy = rng.random(size) < recipe.noisy_fraction
-        sigma = np.where(noisy, np.exp(rng.uniform(*np.log(recipe.noise_range), size)), 0.0)
+        low, high = np.log(recipe.noise_range)
+        sigma = np.where(noisy, np.exp(rng.uniform(low, high, size)), 0.0)
     else:
         sigma = np.full(size, float(noise_sigma))
     if geometry is None:

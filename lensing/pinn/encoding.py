@@ -2,7 +2,7 @@
 
 theta = (log10 kappa_s, log10(r_s / fov), e1, e2) with e1 = e cos 2 phi, e2 = e sin 2 phi. A map's
 pixels depend on the host only through theta, so one network serves any z_lens, z_source and fov_kpc:
-M_vir and c follow from (kappa_s, r_s) through DESIGN.md section 3 (`mass_from_lensing`).
+M_vir and c follow from (kappa_s, r_s) through docs/design.md section 3 (`mass_from_lensing`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def physical_from_theta(theta, geometry: LensGeometry, fov_kpc):
     e1, e2 = theta[..., 2], theta[..., 3]
     ellipticity = xp.sqrt(e1**2 + e2**2)
     angle = xp.remainder(xp.rad2deg(0.5 * xp.arctan2(e2, e1)), 180.0)
-    return {"M_vir": mass, "r_s": r_s, "concentration": concentration, "ellipticity": ellipticity, "position_angle": angle}
+    return {"M_vir": mass, "r_s": r_s, "concentration": concentration, "ellipticity": ellipticity,
+            "position_angle": angle}
 
 
 def reported_from_physical(physical: dict) -> dict:
@@ -89,7 +90,8 @@ def reported_std_from_covariance(theta: np.ndarray, covariance: np.ndarray, geom
     for k in range(theta.shape[1]):
         shift = np.zeros_like(theta)
         shift[:, k] = step
-        columns.append((reported_array(theta + shift, geometry, fov_kpc) - reported_array(theta - shift, geometry, fov_kpc))
+        columns.append((reported_array(theta + shift, geometry, fov_kpc)
+                        - reported_array(theta - shift, geometry, fov_kpc))
                        / (2 * step))
     jacobian = np.stack(columns, axis=-1)  # (B, 3, 4)
     variance = np.einsum("bik,bkl,bil->bi", jacobian, covariance, jacobian)

@@ -59,8 +59,10 @@ def summarise_set(arrays: dict) -> dict:
         "median_abs_dlog10_M": float(np.median(np.abs(err[:, 0]))),
         "median_rel_err_rs": float(np.median(np.abs(10.0 ** err[:, 1] - 1.0))),
         "median_abs_de": float(np.median(np.abs(err[:, 2]))),
-        "coverage_68": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half68"][:, i])) for i, name in enumerate(REPORTED)},
-        "coverage_95": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half95"][:, i])) for i, name in enumerate(REPORTED)},
+        "coverage_68": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half68"][:, i]))
+                        for i, name in enumerate(REPORTED)},
+        "coverage_95": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half95"][:, i]))
+                        for i, name in enumerate(REPORTED)},
     }
     labelled = arrays["scenario"] >= 0
     if labelled.any():
@@ -171,7 +173,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="measure accuracy and coverage on fresh held-out maps")
     parser.add_argument("--n", type=int, default=2000, help="maps per held-out set")
     parser.add_argument("--n-scenarios", type=int, default=10_000, help="maps in the scenario (classification) set")
-    parser.add_argument("--seed", type=int, default=777, help="held-out seed (training streams use [seed, step]; calibration seed + 10000)")
+    parser.add_argument("--seed", type=int, default=777,
+                        help="held-out seed (training streams use [seed, step]; calibration seed + 10000)")
     parser.add_argument("--output", default="runs/evaluation", help="directory for metrics.json and plots")
     parser.add_argument("--mc-samples", type=int, default=50, help="MC Dropout samples per map")
     parser.add_argument("--weights", help="directory with pinn.safetensors + pinn_card.json (default: shipped)")

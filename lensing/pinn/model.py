@@ -1,7 +1,7 @@
 """The PINN: a deterministic CNN encoder and a small stochastic (MC Dropout) head.
 
 All dropout lives in the head, so MC Dropout runs the encoder once per map and the head T times on
-repeated features in one vectorised pass (DESIGN.md section 5). The head takes explicit dropout masks
+repeated features in one vectorised pass (docs/design.md section 5). The head takes explicit dropout masks
 when sampling, so that each map's samples depend only on its own seed, not on its batch neighbours.
 """
 
@@ -33,7 +33,7 @@ class PINNConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PINNConfig":
+    def from_dict(cls, data: dict) -> PINNConfig:
         data = dict(data)
         data["widths"] = tuple(data["widths"])
         data["detail_widths"] = tuple(data.get("detail_widths", ()))
@@ -64,6 +64,7 @@ class RadialProfile(nn.Module):
     """
 
     MAX_RADIUS = 0.5 * 2**0.5  # the corner of the map, in units of the field of view
+    weights: torch.Tensor  # (N * N, bins) buffer: each pixel's share of its ring mean
 
     def __init__(self, size: int, bins: int) -> None:
         super().__init__()
@@ -90,6 +91,7 @@ class SubstructureBranch(nn.Module):
     """
 
     BLUR_SIGMA_PX = 1.0
+    blur: torch.Tensor  # (1, 1, 5, 5) Gaussian kernel buffer
 
     def __init__(self, widths: tuple[int, ...]) -> None:
         super().__init__()
@@ -101,7 +103,8 @@ class SubstructureBranch(nn.Module):
         previous = 1
         for index, width in enumerate(widths):
             stride = 1 if index == 0 else 2
-            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(1, width), nn.GELU()]
+            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(1, width),
+                       nn.GELU()]
             previous = width
         self.body = nn.Sequential(*layers)
         self.project = nn.Linear(2 * previous, previous)
@@ -132,7 +135,8 @@ class Encoder(nn.Module):
         ]
         for index, width in enumerate(widths):
             if index > 0:
-                layers += [nn.Conv2d(widths[index - 1], width, 2, stride=2, bias=False), nn.BatchNorm2d(width), nn.GELU()]
+                layers += [nn.Conv2d(widths[index - 1], width, 2, stride=2, bias=False), nn.BatchNorm2d(width),
+                           nn.GELU()]
             layers.append(ResidualBlock(width))
         self.body = nn.Sequential(*layers)
         side = config.input_size // 4 // 2 ** (len(widths) - 1)

@@ -44,7 +44,8 @@ def _provenance_lines(source: dict | None, depth: int = 0) -> str:
     if not source:
         return ""
     indent = "  " * depth
-    line = (f"{indent}- Fine-tuned from {source.get('name')} {source.get('version')} (SHA-256 `{source.get('sha256')}`), "
+    line = (f"{indent}- Fine-tuned from {source.get('name')} {source.get('version')} "
+            f"(SHA-256 `{source.get('sha256')}`), "
             f"trained by `{source.get('training_command')}` in {source.get('training_seconds_this_run')} s.\n")
     return line + _provenance_lines(source.get("initialised_from"), depth + 1)
 

@@ -1,4 +1,4 @@
-"""The PINN's differentiable forward model: theta -> host convergence map (DESIGN.md sections 3, 5)."""
+"""The PINN's differentiable forward model: theta -> host convergence map (docs/design.md sections 3, 5)."""
 
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -127,17 +127,17 @@ class Predictor:
         self.calibration = card.get("calibration")
 
     @classmethod
-    def from_files(cls, weights: str | Path, card: str | Path, device: str = "auto") -> "Predictor":
+    def from_files(cls, weights: str | Path, card: str | Path, device: str = "auto") -> Predictor:
         resolved = resolve_device(device)
         model, card_data = load_weights(Path(weights), Path(card), resolved)
         return cls(model, card_data, resolved)
 
     @classmethod
-    def from_package(cls, device: str = "auto") -> "Predictor":
+    def from_package(cls, device: str = "auto") -> Predictor:
         """The weights shipped in lensing/weights (checksum verified)."""
         return cls.from_files(PACKAGE_WEIGHTS_DIR / WEIGHTS_NAME, PACKAGE_WEIGHTS_DIR / CARD_NAME, device)
 
-    def uncalibrated(self) -> "Predictor":
+    def uncalibrated(self) -> Predictor:
         """The same network without calibration: its half-widths are the raw spreads (k = 1)."""
         card = {key: value for key, value in self.card.items() if key != "calibration"}
         return Predictor(self.model, card, self.device)
@@ -224,7 +224,12 @@ class Predictor:
         maps x mc_samples per vectorised chunk. A map's result never depends on its batch neighbours.
         """
         n = len(maps)
-        per_map = lambda v, default: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [default if v is None else v] * n  # noqa: E731
+
+        def per_map(value, default) -> list:
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                return list(value)
+            return [default if value is None else value] * n
+
         geometries = per_map(geometries, MapGeometry())
         mc = per_map(mc_samples, 50)
         refines = per_map(refine, False)
@@ -247,7 +252,8 @@ class Predictor:
                 for k, record in zip(part, batch.to_records()):
                     numbers = [*record["predictions"].values(), *(record["uncertainties"] or {}).values()]
                     if not np.isfinite(numbers).all():  # a map far from any halo the model can describe
-                        raise InputError("convergence_map", f"convergence_map {k}: the model's estimate is not finite for this map")
+                        raise InputError("convergence_map",
+                                         f"convergence_map {k}: the model's estimate is not finite for this map")
                     results[k] = record
         return results  # type: ignore[return-value]
 

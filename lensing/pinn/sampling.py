@@ -6,20 +6,20 @@ raw standard deviation of the T samples, class probabilities, predictive entropy
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..cosmology import LensGeometry
-from .encoding import ThetaScaler, physical_from_theta, reported_from_physical, REPORTED
+from .encoding import REPORTED, ThetaScaler, physical_from_theta, reported_from_physical
 from .model import PINN
 
 
 def dropout_masks(
     model: PINN, n_samples: int, seeds: Sequence[int | None], device: torch.device
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverted-dropout masks (B*T, dim) for each dropout site; map k's masks come from seeds[k] alone.
 
     Each unit is dropped when a 16-bit random integer from numpy's PCG64 falls below round(p * 2^16)
@@ -34,7 +34,8 @@ def dropout_masks(
     )
     keep = torch.from_numpy((bits >= threshold).reshape(-1, width)).to(device=device, dtype=torch.float32)
     keep.mul_(1.0 / (1.0 - threshold / 65536))
-    return tuple(torch.split(keep, list(model.head.site_dims), dim=1))
+    features_mask, hidden_mask = torch.split(keep, list(model.head.site_dims), dim=1)
+    return features_mask, hidden_mask
 
 
 @torch.inference_mode()
@@ -62,8 +63,8 @@ class RawSummary:
 
 def summarise(theta: torch.Tensor, logits: torch.Tensor, geometry: LensGeometry, fov_kpc: float) -> RawSummary:
     """Turn samples into means/stds in the reported space and class statistics."""
-    theta = theta.double().cpu().numpy()
-    physical = physical_from_theta(theta, geometry, fov_kpc)
+    samples = theta.double().cpu().numpy()
+    physical = physical_from_theta(samples, geometry, fov_kpc)
     reported = reported_from_physical(physical)
     stacked = np.stack([reported[name] for name in REPORTED], axis=-1)  # (B, T, 3)
     probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()  # (B, T, C)
@@ -72,8 +73,8 @@ def summarise(theta: torch.Tensor, logits: torch.Tensor, geometry: LensGeometry,
     expected_entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1).mean(-1)
     return RawSummary(
         reported_mean=stacked.mean(axis=1),
-        reported_std=stacked.std(axis=1, ddof=1) if theta.shape[1] > 1 else np.zeros_like(stacked[:, 0]),
-        theta_mean=theta.mean(axis=1),
+        reported_std=stacked.std(axis=1, ddof=1) if samples.shape[1] > 1 else np.zeros_like(stacked[:, 0]),
+        theta_mean=samples.mean(axis=1),
         class_probs=mean_probs,
         entropy=entropy,
         mutual_information=np.clip(entropy - expected_entropy, 0.0, None),

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from .calibration import fit_calibration
 from .checkpoint import (
-    PACKAGE_WEIGHTS_DIR,
     CARD_NAME,
+    PACKAGE_WEIGHTS_DIR,
     WEIGHTS_NAME,
     export_weights,
     load_pretrained,
@@ -70,8 +70,7 @@ class TrainConfig(BaseModel):
         return PINNConfig.from_dict(PINNConfig().to_dict() | self.architecture)
 
     def recipe(self) -> DataRecipe:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data.items()}
-        return DataRecipe(**fields)
+        return DataRecipe.from_dict(self.data)
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
@@ -88,7 +87,8 @@ def training_loss(model: PINN, batch, scaler: ThetaScaler, config: TrainConfig) 
     rendered = render_theta(scaler.unstandardise(theta_z[subset]), batch.maps.shape[-1])
     physics = F.mse_loss(normalise(rendered), normalise(batch.maps[subset]))
     labelled = batch.scenario >= 0
-    classification = F.cross_entropy(logits[labelled], batch.scenario[labelled]) if labelled.any() else theta_z.sum() * 0
+    classification = (F.cross_entropy(logits[labelled], batch.scenario[labelled]) if labelled.any()
+                      else theta_z.sum() * 0)
     loss = supervised + config.physics_weight * physics + config.classification_weight * classification
     return loss, {"sup": supervised.item(), "phys": physics.item(), "cls": classification.item()}
 
@@ -117,7 +117,7 @@ def train(config: TrainConfig, output: Path, resume: bool = True, command: str =
         load_pretrained(model, directory / WEIGHTS_NAME, directory / CARD_NAME)
         initialised_from = _provenance(read_card(directory / CARD_NAME))
     # channels_last: oneDNN's convolution backward is ~30 % faster per step on CPU in this layout
-    model = model.to(memory_format=torch.channels_last).train()
+    model = model.to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]  # torch's stubs omit it
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     checkpoint_path = output / "checkpoint.pt"

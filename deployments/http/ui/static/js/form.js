@@ -11,7 +11,8 @@ import { el, inputValue, num, subscripted } from "./format.js";
 export const FIELD_TEXT = {
   profile_type: { label: "Profile" },
   mass: { label: "M_vir", unit: "M☉", hint: "virial mass M₂₀₀c" },
-  scale_radius: { label: "r_s", unit: "kpc", hint: "NFW scale radius" },
+  scale_radius: { label: "r_s", unit: "kpc", hint: "NFW scale radius; blank, with c blank too: Duffy et al. (2008)" },
+  concentration: { label: "Concentration c", hint: "r₂₀₀ / r_s, instead of r_s (give one, or neither)" },
   ellipticity: { label: "Ellipticity e", hint: "(1 − q)/(1 + q); 0 for a round NFW" },
   position_angle: { label: "Position angle", unit: "°", hint: "counter-clockwise from +x" },
   scenario: { label: "Dark-matter scenario", none: "none (smooth host)", hint: "subhalos of cold, warm or self-interacting dark matter" },

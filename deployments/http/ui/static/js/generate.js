@@ -41,7 +41,7 @@ function parameterRows(response) {
   return [
     ["concentration c", num(p.concentration)], ["r_200", `${num(p.r200_kpc)} kpc`], ["κ_s", num(p.kappa_s)],
     ["ρ_s", `${num(p.rho_s)} M☉/kpc³`], ["M_vir", `${num(p.M_vir)} M☉`], ["r_s", `${num(p.scale_radius)} kpc`],
-    ["e", num(p.ellipticity)], ["position angle", `${num(p.position_angle)}°`],
+    ["r_s from", p.scale_radius_source ?? "scale_radius"], ["e", num(p.ellipticity)], ["position angle", `${num(p.position_angle)}°`],
     ["scenario", p.scenario ?? "none"], ["subhalos", String(p.n_subhalos)],
     ...(p.core_fraction != null ? [["SIDM core / r_s", num(p.core_fraction)]] : []),
     ["pixel", `${num(g.pixel_scale_kpc)} kpc = ${num(g.pixel_scale_arcsec)}″`],

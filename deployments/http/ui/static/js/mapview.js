@@ -1,6 +1,6 @@
 // A convergence map drawn on a <canvas>: pixels in a colour map, axes in kpc (or arcsec), a colour bar.
 //
-// Geometry (DESIGN.md section 3): row i of the map is y, column j is x; pixel centres sit at
+// Geometry (docs/design.md section 3): row i of the map is y, column j is x; pixel centres sit at
 // (k - (n - 1)/2) * fov/n, so the map spans -fov/2..fov/2 on both axes, centred on the halo. Row 0 is
 // the lowest y and is drawn at the bottom, as in the service's PNG. Arcsec per kpc comes from the
 // lens geometry (pixel_scale_arcsec / pixel_scale_kpc of a /synthetic response or FITS header).
