@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import io
 import subprocess
-import threading
 import time
 
 import numpy as np
 import pytest
 import requests
 
+from harness.load import Call, Load
 from harness.ray_head import VENV_BIN
 from harness.serve import APP, LiveService, healthy, replica_actors, serve_applications, serve_deploy, wait_until
 from lensing.synthetic import MapRequest, generate_map
@@ -49,53 +49,19 @@ def npy_bytes(array) -> bytes:
     return buffer.getvalue()
 
 
-class Load:
-    """`CLIENTS` threads sending a mix of requests back to back; every outcome is kept."""
-
-    def __init__(self, service: LiveService) -> None:
-        kappa = npy_bytes(generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence)
-        base = service.base_url
-        self.requests = [
-            ("POST", f"{base}/api/v1/inference?mc_samples=5", {"data": kappa, "headers": AUTH | {"Content-Type": NPY}}),
-            ("POST", f"{base}/api/v1/synthetic", {"json": {"mass": 1e12, "grid_size": 64},
-                                                   "headers": AUTH | {"Accept": NPY}}),
-            ("POST", f"{base}/api/v1/synthetic", {"json": {"mass": 3e12, "grid_size": 32, "scenario": "CDM"},
-                                                   "headers": AUTH}),
-            ("GET", f"{base}/api/v1/stats", {"headers": AUTH}),
-        ]
-        self.outcomes: list[tuple[float, float, int | str]] = []  # started, finished, status or error
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.client, args=(k,), daemon=True) for k in range(CLIENTS)]
-
-    def client(self, k: int) -> None:
-        with requests.Session() as session:
-            n = k
-            while not self.stopping.is_set():
-                method, url, kwargs = self.requests[n % len(self.requests)]
-                n += 1
-                started = time.monotonic()
-                try:
-                    outcome: int | str = session.request(method, url, timeout=120, **kwargs).status_code
-                except requests.RequestException as exc:
-                    outcome = type(exc).__name__
-                self.outcomes.append((started, time.monotonic(), outcome))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(150)
-
-    def errors(self) -> list:
-        return [o for o in self.outcomes if o[2] != 200]
-
-    def first_success_after(self, moment: float) -> float | None:
-        done = [finished for started, finished, status in list(self.outcomes) if started >= moment and status == 200]
-        return min(done) if done else None
+def mixed_load(service: LiveService) -> Load:
+    """`CLIENTS` threads sending inference, synthetic and stats requests back to back."""
+    kappa = npy_bytes(generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence)
+    base = service.base_url
+    return Load([
+        Call("inference", "POST", f"{base}/api/v1/inference?mc_samples=5",
+             {"data": kappa, "headers": AUTH | {"Content-Type": NPY}}),
+        Call("synthetic", "POST", f"{base}/api/v1/synthetic",
+             {"json": {"mass": 1e12, "grid_size": 64}, "headers": AUTH | {"Accept": NPY}}),
+        Call("synthetic", "POST", f"{base}/api/v1/synthetic",
+             {"json": {"mass": 3e12, "grid_size": 32, "scenario": "CDM"}, "headers": AUTH}),
+        Call("stats", "GET", f"{base}/api/v1/stats", {"headers": AUTH}),
+    ], clients=CLIENTS)
 
 
 def kill(actor) -> None:
@@ -134,7 +100,7 @@ def test_killing_a_pinn_replica_and_the_ingress_under_load(hardened):
     pinn_before = replica_actors(service, "PINNPredictor")
     assert len(pinn_before) == 2, pinn_before
     batch = submit_batch(service, 40, mc_samples=300)
-    with Load(service) as load:
+    with mixed_load(service) as load:
         time.sleep(5)
         kill(pinn_before[0])
         wait_until(lambda: len(replica_actors(service, "PINNPredictor")) == 2 and pinn_before[0].actor_id not in
@@ -151,7 +117,7 @@ def test_killing_a_pinn_replica_and_the_ingress_under_load(hardened):
         print(f"\ningress replica replaced after {replaced_after:.1f} s")
         time.sleep(3)
     total, errors = len(load.outcomes), load.errors()
-    print(f"\nload: {total} requests, {len(errors)} errors {[e[2] for e in errors]}, back after {back_after:.1f} s")
+    print(f"\nload: {total} requests, {len(errors)} errors {[e.status for e in errors]}, back after {back_after:.1f} s")
     assert total >= 200, total
     assert len(errors) <= MAX_ERROR_RATE * total, errors
     assert back_after <= RECOVERY_S

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import threading
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ import psycopg
 import pytest
 import requests
 
+from harness.load import Call, Load
 from harness.postgres import postgres_server
 from harness.ray_head import VENV_BIN
 from harness.serve import (
@@ -181,63 +181,25 @@ def test_a_batch_survives_losing_a_job_store_and_an_ingress_replica(live, postgr
     assert stats["requests"]["POST /api/v1/batch"]["202"] == 1
 
 
-class Load:
-    """`clients` threads sending a mix of requests back to back; each outcome kept with its endpoint."""
-
-    def __init__(self, service: LiveService, clients: int = 4) -> None:
-        kappa = npy_bytes(generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence)
-        base = service.base_url
-        self.requests = [
-            ("inference", "POST", f"{base}/api/v1/inference?mc_samples=5", {"data": kappa,
-                                                                             "headers": {"Content-Type": NPY}}),
-            ("synthetic", "POST", f"{base}/api/v1/synthetic", {"json": {"mass": 1e12, "grid_size": 64},
-                                                                "headers": {"Accept": NPY}}),
-            ("stats", "GET", f"{base}/api/v1/stats", {}),
-            ("inference", "POST", f"{base}/api/v1/inference?mc_samples=5", {"data": kappa,
-                                                                             "headers": {"Content-Type": NPY}}),
-        ]
-        # started, finished, endpoint, status (or the exception's name), Retry-After, job id
-        self.outcomes: list[tuple[float, float, str, int | str, str | None, str | None]] = []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.client, args=(k,), daemon=True) for k in range(clients)]
-
-    def client(self, k: int) -> None:
-        with requests.Session() as session:
-            n = k
-            while not self.stopping.is_set():
-                name, method, url, kwargs = self.requests[n % len(self.requests)]
-                n += 1
-                started = time.monotonic()
-                try:
-                    response = session.request(method, url, timeout=120, **kwargs)
-                    outcome: tuple = (response.status_code, response.headers.get("Retry-After"),
-                                      response.headers.get("X-Job-Id"))
-                except requests.RequestException as exc:
-                    outcome = (type(exc).__name__, None, None)
-                self.outcomes.append((started, time.monotonic(), name, *outcome))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(150)
-
-    def between(self, start: float, end: float) -> list[tuple]:
-        return [o for o in self.outcomes if start <= o[0] and o[1] <= end]
-
-    def first_success_after(self, moment: float, name: str) -> float | None:
-        done = [o[1] for o in list(self.outcomes) if o[0] >= moment and o[2] == name and o[3] == 200]
-        return min(done) if done else None
+def mixed_load(service: LiveService) -> Load:
+    """Four threads sending inference (half the calls), synthetic and stats requests back to back."""
+    kappa = npy_bytes(generate_map(MapRequest(M_vir=2e12, scale_radius=200.0, grid_size=64)).convergence)
+    base = service.base_url
+    inference = Call("inference", "POST", f"{base}/api/v1/inference?mc_samples=5",
+                     {"data": kappa, "headers": {"Content-Type": NPY}})
+    return Load([
+        inference,
+        Call("synthetic", "POST", f"{base}/api/v1/synthetic",
+             {"json": {"mass": 1e12, "grid_size": 64}, "headers": {"Accept": NPY}}),
+        Call("stats", "GET", f"{base}/api/v1/stats", {}),
+        inference,
+    ], clients=4)
 
 
 def test_a_postgres_outage_answers_503_and_recovers_without_a_restart(live, postgres):
     service = live
     batch = submit_batch(service, maps=300, synthetic=0)
-    with Load(service) as load:
+    with mixed_load(service) as load:
         time.sleep(5)
         stopped_at = time.monotonic()
         postgres.stop()  # pg_ctl stop -m fast: clients are disconnected, in-flight transactions roll back
@@ -254,10 +216,10 @@ def test_a_postgres_outage_answers_503_and_recovers_without_a_restart(live, post
     assert_every_item_completed_once(service, postgres, batch)
 
     during = load.between(stopped_at + 1.0, started_at)  # the first second: requests already under way
-    statuses = {(name, status) for _, _, name, status, _, _ in during}
-    unexpected = [o for o in load.outcomes if o[3] not in (200, 503)]
-    no_retry_after = [o for o in load.outcomes if o[3] == 503 and not o[4]]
-    count = {s: sum(o[3] == s for o in during) for s in (200, 503)}
+    statuses = {(o.name, o.status) for o in during}
+    unexpected = [o for o in load.outcomes if o.status not in (200, 503)]
+    no_retry_after = [o for o in load.outcomes if o.status == 503 and not o.retry_after]
+    count = {s: sum(o.status == s for o in during) for s in (200, 503)}
     print(f"\noutage of {OUTAGE_S:.0f} s under load: {len(during)} requests, {count[503]} answered 503, "
           f"{count[200]} answered 200 ({sorted(statuses)}); store-backed endpoints back "
           f"{max(recovered.values()):.1f} s after the database; {len(load.outcomes)} requests in all")
@@ -269,8 +231,8 @@ def test_a_postgres_outage_answers_503_and_recovers_without_a_restart(live, post
     assert max(recovered.values()) <= RECOVERY_S
 
     # every job answered 200 is in the store, those answered during the outage included (held, then written)
-    answered = [o[5] for o in load.outcomes if o[3] == 200 and o[5]]
-    held = [o[5] for o in during if o[3] == 200 and o[5]]
+    answered = [o.job_id for o in load.outcomes if o.status == 200 and o.job_id]
+    held = [o.job_id for o in during if o.status == 200 and o.job_id]
     assert held
     wait_until(lambda: sql(postgres, "SELECT COUNT(*) FROM jobs WHERE job_id = ANY(%s)", (answered,))[0][0]
                == len(answered), 30, "jobs answered during the outage never reached the store")
