@@ -7,6 +7,7 @@ other clusters on the machine are untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -113,9 +114,24 @@ def local_ray_cluster(
         _wait_for_dashboard(dashboard_url, process, timeout)
         yield LocalRayCluster(f"127.0.0.1:{gcs_port}", dashboard_url, metrics_port, temp_dir, env)
     finally:
+        _shut_down_serve(dashboard_url, env)
         stop_process(process)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _shut_down_serve(dashboard_url: str, env: dict) -> None:
+    """`serve shutdown` when Serve applications run: stopping a head under Serve otherwise waits out
+    each replica's and proxy's grace period (about 33 s here, against 9 + 3 s this way). Best effort:
+    the head is stopped either way."""
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/api/serve/applications/", timeout=5) as response:
+            if not json.load(response).get("applications"):
+                return
+        subprocess.run([str(VENV_BIN / "serve"), "shutdown", "-a", dashboard_url, "-y"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
 
 
 def stop_process(process: subprocess.Popen, grace: float = 60.0) -> None:

@@ -1,4 +1,4 @@
-"""A hardened deployment shared by tests/test_faults.py and tests/test_schemathesis.py (one cluster start).
+"""A hardened deployment shared by tests/test_faults.py, test_schemathesis.py and test_ui.py (one cluster start).
 
 `hardened` is session-scoped, but the last module that uses it closes it at its end (`release_hardened`),
 so it does not stay up while later modules run their own clusters; a module that asks for it after that
@@ -55,6 +55,22 @@ class SharedService:
         if self.stack is not None:
             stack, self.stack, self.service = self.stack, None, None
             stack.close()
+
+
+def _uses_hardened(item: pytest.Item) -> bool:
+    return "hardened" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules that use the shared hardened deployment one after another, from the first one's
+    place, so that it starts once and no other module's cluster runs beside it."""
+    sharing = {item.module for item in items if _uses_hardened(item)}
+    if not sharing:
+        return
+    first = next(index for index, item in enumerate(items) if item.module in sharing)
+    shared = [item for item in items if item.module in sharing]
+    rest = [item for item in items if item.module not in sharing]
+    items[:] = rest[:first] + shared + rest[first:]
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ def test_network_accuracy_targets(smooth_network):
     assert smooth_network["median_abs_de"] <= 0.02
 
 
+@pytest.mark.slow  # refines hundreds of maps (about a minute)
 def test_refined_accuracy_targets(smooth_refined, smooth_network):
     """With physics refinement: 0.005 dex, 1 %, 0.005, and better than the network alone."""
     assert smooth_refined["median_abs_dlog10_M"] <= 0.005
@@ -62,6 +63,7 @@ def test_refined_accuracy_targets(smooth_refined, smooth_network):
     assert smooth_refined["median_abs_dlog10_M"] < smooth_network["median_abs_dlog10_M"]
 
 
+@pytest.mark.slow  # needs the refined evaluation
 @pytest.mark.parametrize("mode", ["smooth_network", "smooth_refined"])
 def test_calibrated_coverage(mode, request):
     """68 % and 95 % intervals cover within 5 points of nominal; with 600 maps the binomial standard
@@ -263,6 +265,7 @@ def test_geometry_conversion_is_physical(predictor):
 # --- training -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains
 def test_training_from_scratch_reduces_loss_and_resumes(tmp_path):
     overrides = {"steps": 40, "batch_size": 32, "warmup_steps": 5, "checkpoint_every": 20, "validation_maps": 100,
                  "log_every": 1, "learning_rate": 3e-3,
@@ -280,6 +283,7 @@ def test_training_from_scratch_reduces_loss_and_resumes(tmp_path):
     assert model.config.widths == (16, 32, 64)
 
 
+@pytest.mark.slow  # trains
 def test_fine_tuning_can_add_the_substructure_branch(tmp_path):
     """--init-from into an architecture with the substructure branch starts from the source's exact outputs."""
     small = {"widths": (8, 16, 32), "feature_dim": 32, "head_hidden": 32}

@@ -58,7 +58,9 @@ def allowed(waits: list[float]) -> int:
 
 def test_two_replicas_share_one_bucket_taken_atomically(redis):
     async def scenario() -> None:
-        replicas = [SharedRateLimiter(RATE, redis.url) for _ in range(2)]
+        # a generous timeout: this test is about sharing, and 60 connections opened at once on a busy machine
+        # can take longer than the production 0.25 s (that would fall back to local buckets, by design)
+        replicas = [SharedRateLimiter(RATE, redis.url, timeout_s=10.0) for _ in range(2)]
         started = time.monotonic()
         waits = await asyncio.gather(*(replicas[k % 2].check("key:a") for k in range(60)))
         elapsed = time.monotonic() - started
@@ -78,7 +80,7 @@ def test_two_replicas_share_one_bucket_taken_atomically(redis):
 def test_buckets_expire_once_they_would_be_full_again(redis):
     import redis as redis_py
 
-    asyncio.run(SharedRateLimiter(RATE, redis.url).check("key:ttl"))
+    asyncio.run(SharedRateLimiter(RATE, redis.url, timeout_s=10.0).check("key:ttl"))
     client = redis_py.Redis.from_url(redis.url)
     ttl_ms = client.pttl(security.KEY_PREFIX + "key:ttl")
     assert 0 < ttl_ms <= 1000 * (RATE.burst / RATE.requests_per_s + 1)

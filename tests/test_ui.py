@@ -24,9 +24,10 @@ import pytest
 import requests
 from astropy.io import fits
 
-from harness.serve import REPO, LiveService, deployed
+from harness.serve import REPO, LiveService
 from lensing.io import write_fits
 from lensing.synthetic import MapRequest, generate_map
+from tests.conftest import API_KEY
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -39,7 +40,6 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="no Chromium here: apt-get install chromium chromium-driver")]
 
-API_KEY = "ui-test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -53,16 +53,15 @@ PLOTS = REPO / "lensing" / "weights" / "plots"
 REDOC_LOGO = "cdn.redoc.ly/redoc/logo-mini.svg"
 
 
-def require_keys(config: dict) -> None:
-    application = config["applications"][0]
-    application["runtime_env"] = {"env_vars": {"LENSING_API_KEYS": API_KEY}}
-    application["args"]["security"]["require_api_keys"] = True
+@pytest.fixture(scope="module", autouse=True)
+def _release(release_hardened):
+    yield
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory) -> LiveService:
-    with deployed(tmp_path_factory.mktemp("ui"), require_keys) as service:
-        yield service
+@pytest.fixture
+def live(hardened) -> LiveService:
+    """The hardened deployment that tests/test_faults.py and test_schemathesis.py share (keys required)."""
+    return hardened
 
 
 @pytest.fixture(scope="module")

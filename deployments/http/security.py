@@ -223,8 +223,9 @@ class SharedRateLimiter:
     buckets (or closed: `RateLimitUnavailable`) while Redis cannot be reached (module docstring)."""
 
     def __init__(self, settings: RateLimitSettings, url: str | None, metrics: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, timeout_s: float = REDIS_TIMEOUT_S) -> None:
         self.rate, self.burst, self.fail_closed = settings.requests_per_s, settings.burst, settings.fail_closed
+        self.timeout_s = timeout_s
         self.url, self.metrics, self.clock = url, metrics, clock
         self.memory = RateLimiter(settings, clock)
         self.ttl_ms = math.ceil(1000 * (self.burst / self.rate + 1))
@@ -242,8 +243,8 @@ class SharedRateLimiter:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=REDIS_TIMEOUT_S,  # no retries: a
-                                                  socket_connect_timeout=REDIS_TIMEOUT_S,  # failure falls back
+            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=self.timeout_s,  # no retries: a
+                                                  socket_connect_timeout=self.timeout_s,  # failure falls back
                                                   retry=Retry(NoBackoff(), 0))
             self._script = client.register_script(TOKEN_BUCKET_LUA)
         return self._script
