@@ -97,6 +97,9 @@ def submit_batch(service: LiveService, n: int, mc_samples: int, grid_size: int =
 
 def test_killing_a_pinn_replica_and_the_ingress_under_load(hardened):
     service = hardened
+    # the app is healthy once one replica of each answers; the twins may still be starting on 2 cores
+    for name in ("PINNPredictor", "Ingress"):
+        wait_until(lambda name=name: len(replica_actors(service, name)) == 2, 180, f"the second {name} did not start")
     pinn_before = replica_actors(service, "PINNPredictor")
     assert len(pinn_before) == 2, pinn_before
     batch = submit_batch(service, 40, mc_samples=300)

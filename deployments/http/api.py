@@ -274,7 +274,8 @@ def create_app(service: Service, settings: AppSettings) -> FastAPI:
                 "timestamp": now_iso(),
             }, headers=headers)
 
-    @app.post("/api/v1/inference", response_model=InferenceResponse, openapi_extra=INFERENCE_BODY,
+    # 200: one map's result, or a stack's (every map answered); the route returns its Response itself
+    @app.post("/api/v1/inference", response_model=InferenceResponse | StackResponse, openapi_extra=INFERENCE_BODY,
               responses={207: {"model": StackResponse, "description": "a stack: some maps have no result"},
                          406: {"model": Error}, 415: {"model": Error}, 503: {"model": Error}, **ERRORS})
     async def inference(request: Request, query: Annotated[InferenceOptions, Query()]) -> Response:
