@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from deployments.http.schemas import PER_MAP_OPTIONS
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.limits import MAX_CENTER_FRACTION
 from tests.conftest import API_KEY
@@ -93,17 +94,23 @@ def follows_cross_field_rules(value, z_defaults=(0.5, 2.0), fov_default=DEFAULT_
     """Whether every geometry in a request part (body, query) has z_source > z_lens and a halo centre
     within half the field of view (defaults filled in).
 
-    Rules the OpenAPI document cannot state (they compare two fields); positive cases that break them are
+    Also that every per-map option list of a stack has one value per map. Rules the OpenAPI document cannot
+    state (they compare fields); positive cases that break them are
     skipped here, and tests/test_serve_app.py and tests/test_validation.py check that they give a 422
     naming the field."""
     if isinstance(value, list):
         return all(follows_cross_field_rules(item) for item in value)
     if not isinstance(value, dict):
         return True
-    if "z_lens" in value or "z_source" in value:
-        z_lens, z_source = value.get("z_lens", z_defaults[0]), value.get("z_source", z_defaults[1])
-        if _number(z_lens) and _number(z_source) and z_source <= z_lens:
-            return False
+    maps = value.get("convergence_maps")
+    count = len(maps) if isinstance(maps, list) else 1
+    if any(isinstance(value.get(key), list) and len(value[key]) != count for key in PER_MAP_OPTIONS):
+        return False  # a per-map option list gives one value per map of the stack
+    z_lens, z_source = value.get("z_lens", z_defaults[0]), value.get("z_source", z_defaults[1])
+    pairs = zip(z_lens if isinstance(z_lens, list) else [z_lens] * count,
+                z_source if isinstance(z_source, list) else [z_source] * count)
+    if any(_number(low) and _number(high) and high <= low for low, high in pairs):
+        return False
     fov = value.get("fov_kpc", fov_default)
     for key in ("center_x_kpc", "center_y_kpc"):
         centre = value.get(key)
