@@ -209,6 +209,13 @@ class InferenceResponse(InferenceResult):
 PER_MAP_OPTIONS = ("fov_kpc", "z_lens", "z_source", "mc_samples", "seed", "refine")
 
 
+# one stack option value, with the bounds of the single-map field (documented; each map is checked on its own)
+StackFov = Annotated[float, Field(ge=FOV.low, le=FOV.high)]
+StackZLens = Annotated[float, Field(ge=Z_LENS.low, le=Z_LENS.high)]
+StackZSource = Annotated[float, Field(gt=Z_SOURCE.low, le=Z_SOURCE.high)]
+StackMcSamples = Annotated[int, Field(ge=MC_SAMPLES.low, le=MC_SAMPLES.high)]
+
+
 class StackRequest(_Model):
     """JSON body of /api/v1/inference for a stack of maps: `convergence_maps` (each a square map, 16..512
     pixels a side) and the options of InferenceRequest, each either one value for every map or a list with
@@ -218,12 +225,12 @@ class StackRequest(_Model):
 
     convergence_maps: list[MapRows] = Field(min_length=1)
     target_size: Integer | list[Integer] = 64
-    mc_samples: Integer | list[Integer] = DEFAULT_MC_SAMPLES
+    mc_samples: StackMcSamples | list[StackMcSamples] = DEFAULT_MC_SAMPLES
     seed: Seed | None | list[Seed | None] = None
     refine: bool | list[bool] = False
-    fov_kpc: float | list[float] = DEFAULT_FOV_KPC
-    z_lens: float | list[float] = DEFAULT_Z_LENS
-    z_source: float | list[float] = DEFAULT_Z_SOURCE
+    fov_kpc: StackFov | list[StackFov] = DEFAULT_FOV_KPC
+    z_lens: StackZLens | list[StackZLens] = DEFAULT_Z_LENS
+    z_source: StackZSource | list[StackZSource] = DEFAULT_Z_SOURCE
 
 
 class BatchMap(Geometry):
