@@ -104,6 +104,7 @@ def resolve_scale_radius(M_vir: float, geometry: LensGeometry, scale_radius: flo
                          concentration: float | None = None) -> tuple[float, str]:
     """(r_s in kpc, where it came from) of a host given by M_200c and at most one of r_s or c = r_200 / r_s;
     with neither, c comes from the Duffy et al. (2008) relation at z_lens. InputError when both are given."""
+    MASS.check("M_vir", M_vir)
     if scale_radius is not None and concentration is not None:
         raise InputError("concentration", "give scale_radius or concentration, not both")
     if scale_radius is not None:
@@ -112,7 +113,7 @@ def resolve_scale_radius(M_vir: float, geometry: LensGeometry, scale_radius: flo
         c, source = CONCENTRATION.check("concentration", concentration), "concentration"
     else:
         c, source = float(duffy_concentration(M_vir, geometry.z_lens, geometry.H0 / 100.0)), DUFFY_2008
-    return float(r200_from_mass(MASS.check("M_vir", M_vir), geometry.rho_crit)) / c, source
+    return float(r200_from_mass(M_vir, geometry.rho_crit)) / c, source
 
 
 def check_host_box(M_vir: float, scale_radius: float, ellipticity: float) -> None:

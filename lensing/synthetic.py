@@ -96,7 +96,6 @@ class MapRequest:
         A request rebuilt from a resolved one (asdict) keeps its r_s and source."""
         source = self.scale_radius_source
         if self.scale_radius is None or self.concentration is not None:
-            MASS.check("M_vir", self.M_vir)
             r_s, source = resolve_scale_radius(self.M_vir, self.geometry, self.scale_radius, self.concentration)
             object.__setattr__(self, "scale_radius", r_s)
             object.__setattr__(self, "concentration", None)  # parameters() reports the halo's c
@@ -104,8 +103,9 @@ class MapRequest:
         object.__setattr__(self, "scale_radius_source", source or "scale_radius")
         if self.scale_radius_source == "scale_radius":
             check_host_box(self.M_vir, self.r_s, self.ellipticity)
-        else:
-            check_host_box(self.M_vir, SCALE_RADIUS.low, self.ellipticity)
+        else:  # the box's mass and ellipticity still hold; r_s has its own, wider range
+            MASS.check("M_vir", self.M_vir)  # also for a request rebuilt from a resolved one
+            ELLIPTICITY.check("ellipticity", self.ellipticity)
             DERIVED_SCALE_RADIUS.check("scale_radius", self.scale_radius)
 
     @property
