@@ -18,8 +18,10 @@ import torch
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from lensing.noise import estimate_noise_sigma
+from lensing.pinn.encoding import with_offset
 from lensing.pinn.predictor import MapGeometry, Predictor
-from lensing.pinn.preprocess import prepare_input
+from lensing.pinn.preprocess import noise_feature, prepare_input
 from lensing.pinn.sampling import summarise
 from lensing.synthetic import MapRequest, generate_map
 
@@ -62,19 +64,21 @@ def synthetic(request: SyntheticRequest) -> dict:
 def loop_inference(kappa: np.ndarray, mc_samples: int) -> dict:
     """The original design: T forward passes in a Python loop, dropout switched on in the head."""
     model = predictor.model
-    x = prepare_input(torch.as_tensor(kappa[None], dtype=torch.float32), model.config.input_size)
+    size = model.config.input_size
+    x = prepare_input(torch.as_tensor(kappa[None], dtype=torch.float32), size)
+    noise = noise_feature(torch.as_tensor(estimate_noise_sigma(kappa)), kappa.shape[-1], size)
     model.eval()
     model.head.train()
     try:
         with torch.no_grad():
-            passes = [model(x) for _ in range(mc_samples)]
+            passes = [model(x, noise) for _ in range(mc_samples)]
     finally:
         model.head.eval()
-    theta = predictor.scaler.unstandardise(torch.stack([p[0] for p in passes], dim=1))
-    logits = torch.stack([p[1] for p in passes], dim=1)
+    theta_z, log_spread, logits = (torch.stack([p[k] for p in passes], dim=1) for k in range(3))
+    theta = with_offset(predictor.scaler.unstandardise(theta_z), passes[0][3])
     geometry = MapGeometry()
-    summary = summarise(theta, logits, geometry.lens, geometry.fov_kpc)
-    log_mass, log_rs, ellipticity = summary.reported_mean[0]
+    summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc)
+    log_mass, log_rs, ellipticity = summary.reported_mean[0, :3]
     std = summary.reported_std[0]
     return {
         "predictions": {"M_vir": 10**log_mass, "r_s": 10**log_rs, "ellipticity": ellipticity},

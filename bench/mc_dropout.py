@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from lensing import MapRequest, generate_map
+from lensing.noise import estimate_noise_sigma
 from lensing.pinn.predictor import Predictor
-from lensing.pinn.preprocess import prepare_input
+from lensing.pinn.preprocess import noise_feature, prepare_input
 
 REPEATS = 7
 MATMUL_SIZE = 2048
@@ -42,10 +43,12 @@ def naive_loop(predictor: Predictor, maps: np.ndarray, n_samples: int) -> None:
     """The replaced system: n_samples full forward passes, dropout switched on, results stacked."""
     model = predictor.model
     with torch.inference_mode():
-        x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), model.config.input_size)
+        size = model.config.input_size
+        x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), size)
+        noise = noise_feature(torch.as_tensor(estimate_noise_sigma(maps)), maps.shape[-1], size)
         outputs = []
         for _ in range(n_samples):
-            features = model.encoder(x)
+            features, _ = model.features(x, noise)
             h = F.dropout(features, model.head.p, True)
             h = F.dropout(F.gelu(model.head.hidden(h)), model.head.p, True)
             outputs.append(model.head.out(h))

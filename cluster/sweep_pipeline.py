@@ -20,7 +20,7 @@ import torch
 from lensing.cosmology import lens_geometry
 from lensing.halo import r200_from_mass
 from lensing.pinn.predictor import MapGeometry, PredictionBatch, Predictor
-from lensing.scenarios import SCENARIO_CLASS, SCENARIOS
+from lensing.scenarios import CLASS_NAMES, SCENARIO_CLASS, SCENARIOS
 from lensing.synthetic import NO_SCENARIO, HostBatch, generate_batch
 
 from .sweep_config import SMOOTH, GridSampling, SweepConfig
@@ -126,9 +126,10 @@ def shard_table(config: SweepConfig, inputs: ShardInputs, prediction: Prediction
     for name, values in (prediction.uncertainties or {}).items():  # None for mc_samples = 1
         columns[f"pred_{name}"] = np.asarray(values, dtype=np.float64)
     probs = np.asarray(prediction.class_probs, dtype=np.float64)
-    for i, label in enumerate(SCENARIOS):
+    for i, label in enumerate(CLASS_NAMES):
         columns[f"prob_{label}"] = probs[:, i]
-    columns["predicted_class"] = np.asarray(SCENARIOS)[probs.argmax(axis=1)]
+    columns["predicted_class"] = np.asarray(CLASS_NAMES)[probs.argmax(axis=1)]
+    columns["noise_sigma_estimate"] = np.asarray(prediction.noise_sigma, dtype=np.float64)
     columns["entropy"] = np.asarray(prediction.entropy, dtype=np.float64)
     columns["mutual_information"] = np.asarray(prediction.mutual_information, dtype=np.float64)
     return pa.table(columns)

@@ -5,8 +5,8 @@ Metrics (same definitions everywhere, recomputable from the shards):
   median |error| and rmse.
 - coverage_68 / coverage_95: fraction of truths inside the calibrated [p16, p84] / [p2_5, p97_5]
   intervals. Null when mc_samples = 1 (a point estimate has no interval).
-- classification: accuracy over maps with a scenario (a smooth host has no true class; its predicted
-  classes are still shown in the confusion matrix), mean predictive entropy.
+- classification: accuracy over maps with a scenario ("none", no detectable substructure, counts as
+  wrong there), the share of smooth hosts reported as "none", mean predictive entropy.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from matplotlib.ticker import NullFormatter
 
-from lensing.scenarios import SCENARIOS
+from lensing.scenarios import CLASS_NAMES, NO_SUBSTRUCTURE
 
 from .sweep_config import SweepConfig
 from .sweep_store import SweepStore
@@ -69,11 +69,14 @@ def metrics(columns: dict[str, np.ndarray], has_uncertainty: bool) -> dict:
                 inside = (columns[f"pred_{name}_{low}"] <= true) & (true <= columns[f"pred_{name}_{high}"])
                 entry[f"coverage_{level}"] = float(inside.mean())
         result[name] = entry
-    labelled = columns["scenario"] != "none"
+    labelled = columns["scenario"] != NO_SUBSTRUCTURE
     result["n_with_scenario"] = int(labelled.sum())
     result["classification_accuracy"] = (
         float((columns["predicted_class"][labelled] == columns["scenario"][labelled]).mean())
         if labelled.any() else None
+    )
+    result["none_rate_on_smooth"] = (
+        float((columns["predicted_class"][~labelled] == NO_SUBSTRUCTURE).mean()) if (~labelled).any() else None
     )
     result["mean_entropy"] = _float(columns["entropy"].mean()) if n else None
     return result
@@ -94,9 +97,9 @@ def _subset(columns: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.nd
 
 
 def confusion_matrix(columns: dict[str, np.ndarray], true_labels: list[str]) -> list[list[int]]:
-    """Counts, rows = true scenario (config order, 'none' included), columns = predicted CDM/WDM/SIDM."""
+    """Counts, rows = true scenario (config order, 'none' included), columns = predicted CDM/WDM/SIDM/none."""
     return [
-        [int(((columns["scenario"] == t) & (columns["predicted_class"] == p)).sum()) for p in SCENARIOS]
+        [int(((columns["scenario"] == t) & (columns["predicted_class"] == p)).sum()) for p in CLASS_NAMES]
         for t in true_labels
     ]
 
@@ -169,7 +172,7 @@ def summarize(table: pa.Table, config: SweepConfig, model: dict, failed: list[di
         "under_covering": flagged,
         "confusion_matrix": {
             "rows_true": list(config.scenarios),
-            "columns_predicted": list(SCENARIOS),
+            "columns_predicted": list(CLASS_NAMES),
             "counts": confusion_matrix(columns, list(config.scenarios)),
         },
     }

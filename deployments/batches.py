@@ -233,7 +233,7 @@ class BatchJobs:
 
     async def process(self, options: BatchOptions, item: BatchItem) -> dict:
         """One item: (re)generate its map if synthetic, infer it; the truth rides along."""
-        truth = None
+        truth, noise_sigma = None, None  # a given map's noise is estimated; a synthetic one's is known
         if item.source == "map":
             assert item.input is not None and item.geometry is not None
             kappa, geometry = from_npy_bytes(item.input), MapGeometry(**item.geometry)
@@ -242,8 +242,9 @@ class BatchJobs:
             spec = MapRequest(**item.map_request)
             generated = await self.synthesis.render(spec)
             kappa, truth = generated.map.convergence, generated.map.parameters()
-            geometry = MapGeometry(spec.fov_kpc, spec.z_lens, spec.z_source)
-        result = await self.inference.run(InferenceItem(kappa, geometry, options.mc_samples, item.seed, options.refine))
+            geometry, noise_sigma = MapGeometry(spec.fov_kpc, spec.z_lens, spec.z_source), spec.noise_sigma
+        result = await self.inference.run(
+            InferenceItem(kappa, geometry, options.mc_samples, item.seed, options.refine, noise_sigma))
         result = {k: v for k, v in result.items() if k != "serving"} | {"seed": item.seed}
         return {"truth": truth, **result} if truth is not None else result
 

@@ -57,6 +57,7 @@ class InferenceItem:
     mc_samples: int
     seed: int
     refine: bool = False
+    noise_sigma: float | None = None  # None: estimated from the map
 
 
 @dataclass
@@ -109,7 +110,8 @@ class PINNPredictor:
         try:
             return [*self.predictor.predict(
                 [i.kappa for i in items], [i.geometry for i in items], mc_samples=[i.mc_samples for i in items],
-                refine=[i.refine for i in items], seed=[i.seed for i in items], max_mc_work=self.config.max_mc_work)]
+                refine=[i.refine for i in items], seed=[i.seed for i in items], max_mc_work=self.config.max_mc_work,
+                noise_sigma=[i.noise_sigma for i in items])]
         except Exception as exc:  # noqa: BLE001 - sorted out map by map below
             if len(items) == 1:
                 return [self._failure(exc)]
@@ -153,10 +155,9 @@ class PINNPredictor:
         return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
 
     def info(self) -> dict:
-        """The model's identity and card summary (the HTTP layer shapes /api/v1/models from it), what the card
-        says each class means, and the device this replica computes on."""
-        return self.predictor.info() | {"class_descriptions": self.predictor.card.get("class_descriptions"),
-                                        "device": self.device, "loaded": True}
+        """The model's identity and card summary (the HTTP layer shapes /api/v1/models from it), what each
+        class means, and the device this replica computes on."""
+        return self.predictor.info() | {"device": self.device, "loaded": True}
 
     def settings(self) -> dict:
         """Live batching settings and identity of this replica (for operators and tests)."""

@@ -35,6 +35,17 @@ from .nfw_math import nfw_enclosed, nfw_mass_function
 
 SCENARIOS = ("CDM", "WDM", "SIDM")
 SCENARIO_CLASS = {name: index for index, name in enumerate(SCENARIOS)}
+# What the classifier reports: the three scenarios, and "none" for a map with no detectable substructure
+# (a smooth host, or substructure hidden under the noise). "none" comes last so a scenario's class id is
+# its index in SCENARIOS.
+NO_SUBSTRUCTURE = "none"
+CLASS_NAMES = (*SCENARIOS, NO_SUBSTRUCTURE)
+CLASS_DESCRIPTIONS = {
+    "CDM": "cold dark matter: many subhalos, down to the smallest masses drawn",
+    "WDM": "warm dark matter: subhalos below the half-mode mass suppressed, so few small ones",
+    "SIDM": "self-interacting dark matter: a cored host (flat central density), subhalos as in CDM",
+    NO_SUBSTRUCTURE: "no detectable substructure: a smooth host, or substructure lost in the noise",
+}
 
 SUBHALO_SLOPE = 1.9
 SUBHALO_MASS_RANGE = (1e-3, 1e-1)  # in units of M_host
@@ -77,6 +88,16 @@ class ScenarioRealisation:
     @property
     def class_id(self) -> int:
         return SCENARIO_CLASS[self.name]
+
+    def substructure_in_field(self, fov_kpc: float) -> bool:
+        """Whether a map of this field shows any of the scenario: an SIDM core, or a subhalo inside the field.
+
+        A draw whose subhalos all fall outside the field (about half of all WDM draws) leaves a smooth
+        host on the map: its truth for the classifier is "none".
+        """
+        half = 0.5 * fov_kpc
+        inside = (np.abs(self.subhalos.x) <= half) & (np.abs(self.subhalos.y) <= half)
+        return self.core_fraction is not None or bool(inside.any())
 
 
 def _sample_power_law(rng: np.random.Generator, n: int, slope: float, low: float, high: float) -> np.ndarray:

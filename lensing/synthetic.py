@@ -288,6 +288,19 @@ def kappa_s_of(M_vir: np.ndarray, scale_radius: np.ndarray, geometry: LensGeomet
     return characteristic_density(concentration, geometry.rho_crit) * scale_radius / geometry.sigma_crit
 
 
+def draw_batch_scenarios(hosts: HostBatch, geometry: LensGeometry) -> dict[int, ScenarioRealisation]:
+    """Each scenario map's draw (by map index), from the map's own seed: what `generate_batch` renders."""
+    center_x, center_y = hosts.centres()
+    draws = {}
+    for k in np.flatnonzero(hosts.scenario >= 0):
+        halo = HaloParameters(float(hosts.M_vir[k]), float(hosts.scale_radius[k]), geometry)
+        draws[int(k)] = draw_scenario(
+            SCENARIOS[hosts.scenario[k]], halo, float(hosts.ellipticity[k]), float(hosts.position_angle[k]),
+            np.random.default_rng(int(hosts.seed[k])), float(center_x[k]), float(center_y[k]),
+        )
+    return draws
+
+
 def generate_batch(
     hosts: HostBatch,
     grid_size: int = 64,
@@ -297,10 +310,12 @@ def generate_batch(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
+    draws: dict[int, ScenarioRealisation] | None = None,
 ) -> torch.Tensor:
     """Render a batch of maps (B, N, N) in torch: hosts (at their centres), their scenario draws, optional noise.
 
-    Scenario draws use each map's own seed, so map k equals `generate_map` for the same parameters.
+    Scenario draws use each map's own seed, so map k equals `generate_map` for the same parameters; a
+    caller that needs the draws too passes those of `draw_batch_scenarios`.
     """
     geometry = geometry or lens_geometry()
     check_fov(fov_kpc)
@@ -314,12 +329,7 @@ def generate_batch(
     kappa_s = kappa_s_of(hosts.M_vir, hosts.scale_radius, geometry)
     core = np.zeros(len(hosts))
     sub_index, sub_params = [], []
-    for k in np.flatnonzero(hosts.scenario >= 0):
-        halo = HaloParameters(float(hosts.M_vir[k]), float(hosts.scale_radius[k]), geometry)
-        draw = draw_scenario(
-            SCENARIOS[hosts.scenario[k]], halo, float(hosts.ellipticity[k]), float(hosts.position_angle[k]),
-            np.random.default_rng(int(hosts.seed[k])), float(center_x[k]), float(center_y[k]),
-        )
+    for k, draw in (draw_batch_scenarios(hosts, geometry) if draws is None else draws).items():
         core[k] = draw.core_fraction or 0.0
         s = draw.subhalos
         sub_index.append(np.full(len(s), k))

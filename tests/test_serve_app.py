@@ -105,8 +105,9 @@ def test_root_health_models_docs(live):
     assert health["version"] == health["package_version"] == root["package_version"]  # tests/test_versions.py
     models = requests.get(live.url("/api/v1/models"))
     model = models.json()["models"][0]
-    assert model["input_size"] == [64, 64] and model["class_names"] == ["CDM", "WDM", "SIDM"]
-    assert {"M_vir", "r_s", "ellipticity"} <= set(model["output_parameters"])
+    assert model["input_size"] == [64, 64] and model["class_names"] == ["CDM", "WDM", "SIDM", "none"]
+    assert "no detectable substructure" in model["classes"][3]["description"]
+    assert {"M_vir", "r_s", "ellipticity", "center_x_kpc", "center_y_kpc"} <= set(model["output_parameters"])
     assert model["loaded"] is True and model["device"] == "cpu" and model["version"] == health["model_version"]
     assert len(models.content) < 4096 and "calibration" not in model  # a summary; the full card at card_url:
     assert "network" in requests.get(live.url(model["card_url"])).json()["calibration"]
@@ -158,7 +159,7 @@ def test_synthetic_formats_by_accept(live):
 def test_inference_json_npy_fits_agree(live):
     fits_response = synthetic(live, FITS, mass=2e12, scale_radius=200.0, seed=1, fov_kpc=800.0, z_lens=0.4)
     kappa, _ = from_fits_bytes(fits_response.content)
-    geometry = {"fov_kpc": 800.0, "z_lens": 0.4}
+    geometry = {"fov_kpc": 800.0, "z_lens": 0.4, "noise_sigma": 0.0}
     by_json = infer(live, kappa, mc_samples=10, seed=42, **geometry)
     by_npy = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 10, "seed": 42, **geometry},
                            data=npy_bytes(kappa), headers={"Content-Type": NPY}).json()
@@ -166,7 +167,10 @@ def test_inference_json_npy_fits_agree(live):
                             data=fits_response.content, headers={"Content-Type": FITS}).json()  # geometry: the header
     for other in (by_npy, by_fits):
         assert_same_result(other, by_json)
-    assert set(by_json["classification"]) == {"CDM", "WDM", "SIDM"}
+        assert other["noise_sigma"] == 0.0 and other["noise_sigma_source"] == "given"  # FITS: its NOISE card
+    assert set(by_json["classification"]) == {"CDM", "WDM", "SIDM", "none"}
+    estimated = infer(live, kappa, mc_samples=2, fov_kpc=800.0, z_lens=0.4)
+    assert estimated["noise_sigma_source"] == "estimated" and 0 <= estimated["noise_sigma"] < 1e-4  # noiseless
     assert sum(by_json["classification"].values()) == pytest.approx(1.0)
     u = by_json["uncertainties"]
     for name in ("M_vir", "r_s", "ellipticity"):
@@ -176,6 +180,23 @@ def test_inference_json_npy_fits_agree(live):
     assert point["uncertainties"] is None and point["mutual_information"] == 0
     job = requests.get(live.url(f"/api/v1/jobs/{by_json['job_id']}")).json()
     assert job["kind"] == "inference" and job["result"]["predictions"] == by_json["predictions"]
+
+
+def test_inference_reads_noise_and_reports_the_centre(live):
+    """A noisy, off-centre halo: the estimated noise is the one added, a given noise is echoed, and the
+    centre comes back, in kpc, inside its 95 % interval."""
+    spec = {"mass": 3e12, "concentration": 6.0, "noise_sigma": 0.01, "seed": 4, "center_x_kpc": 60.0,
+            "center_y_kpc": -40.0, "grid_size": 64}
+    kappa = np.array(synthetic(live, **spec).json()["convergence_map"])
+    estimated = infer(live, kappa, mc_samples=30, seed=1)
+    assert estimated["noise_sigma_source"] == "estimated"
+    assert estimated["noise_sigma"] == pytest.approx(0.01, rel=0.1)
+    given = infer(live, kappa, mc_samples=30, seed=1, noise_sigma=0.01)
+    assert given["noise_sigma_source"] == "given" and given["noise_sigma"] == 0.01
+    for name, truth in (("center_x_kpc", 60.0), ("center_y_kpc", -40.0)):
+        u = given["uncertainties"]
+        assert u[f"{name}_p2_5"] <= truth <= u[f"{name}_p97_5"], (name, given["predictions"][name], u)
+        assert abs(given["predictions"][name] - truth) < 15.0  # 1 pixel of this 1000 kpc map is 15.6 kpc
 
 
 # --- errors: 422 naming the field, 413, 404, never 500 ---------------------------------------------------
@@ -197,6 +218,8 @@ BAD_INFERENCE_JSON = [
     ("too-large", json.dumps({"convergence_map": [[0.1] * 520] * 520}), "convergence_map"),
     ("missing", json.dumps({"mc_samples": 5}), "convergence_map"),
     ("mc-zero", json.dumps({"convergence_map": GOOD.tolist(), "mc_samples": 0}), "mc_samples"),
+    ("noise-negative", json.dumps({"convergence_map": GOOD.tolist(), "noise_sigma": -0.01}), "noise_sigma"),
+    ("noise-text", json.dumps({"convergence_map": GOOD.tolist(), "noise_sigma": "0.01"}), "noise_sigma"),
     ("mc-huge", json.dumps({"convergence_map": GOOD.tolist(), "mc_samples": 1001}), "mc_samples"),
     ("target-size", json.dumps({"convergence_map": GOOD.tolist(), "target_size": 32}), "target_size"),
     ("redshifts", json.dumps({"convergence_map": GOOD.tolist(), "z_lens": 1.0, "z_source": 0.5}), "z_source"),

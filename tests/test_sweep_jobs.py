@@ -136,9 +136,9 @@ def test_small_sweep_succeeds_with_complete_consistent_outputs(reference: tuple[
         for parameter in ("M_vir", "r_s", "ellipticity"):
             assert f"{prefix}{parameter}" in table.column_names
     for column in ("pred_M_vir_std", "pred_M_vir_p16", "pred_M_vir_p84", "prob_CDM", "prob_WDM", "prob_SIDM",
-                   "entropy", "predicted_class", "scenario", "noise_sigma"):
+                   "prob_none", "entropy", "predicted_class", "scenario", "noise_sigma", "noise_sigma_estimate"):
         assert column in table.column_names
-    probs = np.stack([table.column(f"prob_{c}").to_numpy() for c in ("CDM", "WDM", "SIDM")], axis=1)
+    probs = np.stack([table.column(f"prob_{c}").to_numpy() for c in ("CDM", "WDM", "SIDM", "none")], axis=1)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
     summary = json.loads((output / "summary.json").read_text())

@@ -318,9 +318,10 @@ def test_infer_an_uploaded_fits_with_intervals_classes_refinement_and_residual(p
     table = text(page, "#infer-estimates table")
     assert "68 %" in table and "95 %" in table and "true" in table and "3.00×10¹²" in table
     bars = page.find_elements(By.CSS_SELECTOR, "#infer-estimates svg circle")
-    assert len(bars) == 4  # the legend, then one estimate per parameter row
-    assert len(page.find_elements(By.CSS_SELECTOR, "#infer-classes svg rect")) == 6  # 3 tracks, 3 bars
+    assert len(bars) == 6  # the legend, then one estimate per parameter row (M, r_s, e, centre x and y)
+    assert len(page.find_elements(By.CSS_SELECTOR, "#infer-classes svg rect")) == 8  # 4 tracks, 4 bars
     assert "Predictive entropy" in text(page, "#infer-classes")
+    assert "(given)" in text(page, "#infer-classes")  # the FITS NOISE card states the map's noise
     note = text(page, "#infer-residual-note")
     share = float(note.split("(")[1].split(" %")[0])
     assert share < 25, note  # the rendered estimate explains most of the smooth map

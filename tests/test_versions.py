@@ -100,7 +100,7 @@ def test_models_is_a_small_summary_that_links_the_full_card(client):
     assert model["input"]["size"] == model["input_size"] == [CARD["model_config"]["input_size"]] * 2
     assert model["input"]["accepted_sides"] == [16, 512] and "fov_kpc" in model["input"]["units"]
     assert set(model["output_units"]) == set(model["output_parameters"]) >= {"M_vir", "r_s", "ellipticity"}
-    assert [c["name"] for c in model["classes"]] == model["class_names"] == ["CDM", "WDM", "SIDM"]
+    assert [c["name"] for c in model["classes"]] == model["class_names"] == ["CDM", "WDM", "SIDM", "none"]
     headline = model["metrics"]
     assert 0 < len(headline) <= 10 and all(headline[k] == CARD["metrics"][k] for k in headline)
     assert {"median_abs_dlog10_M", "scenario_accuracy"} <= set(headline)

@@ -171,6 +171,8 @@ OUTPUT_UNITS = {
     "ellipticity": "(1 - q) / (1 + q)",
     "position_angle": "degrees, counter-clockwise from +x",
     "concentration": "r_200 / r_s",
+    "center_x_kpc": "physical kpc from the map centre, +x",
+    "center_y_kpc": "physical kpc from the map centre, +y",
 }
 HEADLINE_METRICS = ("n_maps", "median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "coverage_68",
                     "coverage_95", "scenario_accuracy", "scenario_accuracy_stderr")

@@ -227,8 +227,8 @@ def _fits_images(body: bytes) -> list[tuple[np.ndarray, fits.Header]]:
 
 def results_table(entries: list[dict]) -> np.ndarray:
     """The entries of a stack response as a structured numpy array, one row per map: index, status, seed,
-    mc_samples, refined, every prediction and uncertainty, prob_<class>, predicted_class, entropy and
-    mutual information (NaN, -1 or empty where a map has no result)."""
+    mc_samples, refined, every prediction and uncertainty, prob_<class>, predicted_class, entropy, mutual
+    information, noise_sigma and its source (NaN, -1 or empty where a map has no result)."""
     done = [e for e in entries if e["status"] == 200]
     predictions = list(done[0]["predictions"]) if done else []
     uncertainties = sorted({key for e in done for key in (e.get("uncertainties") or {})})
@@ -236,7 +236,8 @@ def results_table(entries: list[dict]) -> np.ndarray:
     columns = [("index", "i8"), ("status", "i4"), ("seed", "i8"), ("mc_samples", "i4"), ("refined", "?")]
     columns += [(name, "f8") for name in (*predictions, *uncertainties)]
     columns += [(f"prob_{name}", "f8") for name in classes]
-    columns += [("predicted_class", "S16"), ("entropy", "f8"), ("mutual_information", "f8")]
+    columns += [("predicted_class", "S16"), ("entropy", "f8"), ("mutual_information", "f8"), ("noise_sigma", "f8"),
+                ("noise_sigma_source", "S9")]
     table = np.zeros(len(entries), dtype=columns)
     for name, kind in columns:
         if kind == "f8":
@@ -255,6 +256,7 @@ def results_table(entries: list[dict]) -> np.ndarray:
             row[f"prob_{name}"] = value
         row["predicted_class"] = entry["predicted_class"].encode()
         row["entropy"], row["mutual_information"] = entry["entropy"], entry["mutual_information"]
+        row["noise_sigma"], row["noise_sigma_source"] = entry["noise_sigma"], entry["noise_sigma_source"].encode()
     return table
 
 

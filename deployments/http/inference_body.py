@@ -20,6 +20,7 @@ from astropy.io import fits
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from lensing.fits_wcs import fits_geometry
+from lensing.io import fits_cards
 from lensing.limits import InputError
 
 from ..settings import StackLimits
@@ -65,7 +66,7 @@ def read_inference(content_type: str, body: bytes, query: InferenceOptions, quer
         header = decoded.headers[0]
         if header is None:
             return InferenceInput.single(decoded.maps[0], query)
-        geometry = header_geometry(header, given, ())
+        geometry = header_geometry(header, given, ()) | header_noise(header, given)
         return InferenceInput.single(decoded.maps[0], InferenceOptions.model_validate(query.model_dump() | geometry))
     lists = _repeated(query_items)
     per_map: list[dict] = []
@@ -76,13 +77,22 @@ def read_inference(content_type: str, body: bytes, query: InferenceOptions, quer
         if header is not None:
             explicit = given | {name: values[k] for name, values in lists.items() if name in GEOMETRY}
             try:
-                options |= header_geometry(header, explicit, (k,))
+                options |= header_geometry(header, explicit, (k,)) | header_noise(header, explicit)
             except InvalidInput as exc:
                 loc = list(exc.loc) if exc.loc[0] == "body" else ["query", *exc.loc, k]
                 entry = [{"loc": loc, "msg": str(exc), "type": "value_error"}]
         per_map.append(options)
         maps.append(entry)
     return _validate_stack(maps, lists, per_map, ("query",))
+
+
+def header_noise(header: fits.Header, given: dict) -> dict:
+    """{"noise_sigma": the header's noise card (lensing.io's NOISE)} when the query gives none and the card
+    holds a number (this service's FITS records the noise it added), else {}: the noise is then estimated."""
+    value = fits_cards(header).get("noise_sigma")
+    if "noise_sigma" in given or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return {}
+    return {"noise_sigma": float(value)}
 
 
 def header_geometry(header: fits.Header, given: dict, index: tuple[int, ...]) -> dict:

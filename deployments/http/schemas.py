@@ -23,6 +23,7 @@ from lensing.limits import (
     ELLIPTICITY,
     FOV,
     GRID_SIZES,
+    INFERENCE_NOISE_SIGMA,
     MAP_SIDE,
     MASS,
     MAX_ABS_KAPPA,
@@ -165,6 +166,10 @@ class InferenceOptions(Geometry):
                                 description="MC Dropout samples; 1 = deterministic point estimate")
     seed: Seed | None = Field(None, description="dropout seed; drawn and reported when null")
     refine: bool = Field(False, description="refine the estimate with the physics renderer")
+    noise_sigma: float | None = Field(
+        None, ge=INFERENCE_NOISE_SIGMA.low, le=INFERENCE_NOISE_SIGMA.high,
+        description="per-pixel standard deviation of kappa's noise (0: noiseless); estimated from the map and "
+                    "reported when null. The model was trained on 0..0.04")
 
 
 class InferenceRequest(InferenceOptions):
@@ -187,12 +192,19 @@ class Serving(BaseModel):
 
 
 class InferenceResult(BaseModel):
+    """One map's result. `classification` has a probability for each of CDM, WDM, SIDM and "none" (no
+    detectable substructure: a smooth halo, or substructure lost in the noise); `predictions` include the
+    halo centre (center_x_kpc, center_y_kpc, kpc from the map centre)."""
+
     predictions: dict[str, float]
     uncertainties: dict[str, float] | None
     classification: dict[str, float]
     predicted_class: str
     entropy: float
     mutual_information: float
+    noise_sigma: float = Field(description="per-pixel noise sigma the model was given")
+    noise_sigma_source: Literal["given", "estimated"] = Field(description="given in the request, or estimated "
+                                                                          "from the map")
     mc_samples: int
     refined: bool
 
@@ -206,7 +218,7 @@ class InferenceResponse(InferenceResult):
 
 
 # Options of /api/v1/inference that a stack may give per map, as a list with one value per map.
-PER_MAP_OPTIONS = ("fov_kpc", "z_lens", "z_source", "mc_samples", "seed", "refine")
+PER_MAP_OPTIONS = ("fov_kpc", "z_lens", "z_source", "mc_samples", "seed", "refine", "noise_sigma")
 
 
 # one stack option value, with the bounds of the single-map field (documented; each map is checked on its own)
@@ -214,6 +226,7 @@ StackFov = Annotated[float, Field(ge=FOV.low, le=FOV.high)]
 StackZLens = Annotated[float, Field(ge=Z_LENS.low, le=Z_LENS.high)]
 StackZSource = Annotated[float, Field(gt=Z_SOURCE.low, le=Z_SOURCE.high)]
 StackMcSamples = Annotated[int, Field(ge=MC_SAMPLES.low, le=MC_SAMPLES.high)]
+StackNoiseSigma = Annotated[float, Field(ge=INFERENCE_NOISE_SIGMA.low, le=INFERENCE_NOISE_SIGMA.high)]
 
 
 class StackRequest(_Model):
@@ -231,6 +244,7 @@ class StackRequest(_Model):
     fov_kpc: StackFov | list[StackFov] = DEFAULT_FOV_KPC
     z_lens: StackZLens | list[StackZLens] = DEFAULT_Z_LENS
     z_source: StackZSource | list[StackZSource] = DEFAULT_Z_SOURCE
+    noise_sigma: StackNoiseSigma | None | list[StackNoiseSigma | None] = None
 
 
 class BatchMap(Geometry):
@@ -399,6 +413,8 @@ class StackEntry(BaseModel):
     predicted_class: str | None = None
     entropy: float | None = None
     mutual_information: float | None = None
+    noise_sigma: float | None = None
+    noise_sigma_source: Literal["given", "estimated"] | None = None
     mc_samples: int | None = None
     refined: bool | None = None
 

@@ -1,9 +1,13 @@
 """Uncertainty calibration: per-parameter scales that make nominal 68 % / 95 % intervals honest.
 
-For each reported quantity (log10 M, log10 r_s, e) the interval is centre +/- k * raw spread: the MC
-Dropout standard deviation for the network alone, the fit's Laplace standard deviation with refinement.
-On a validation set of smooth maps (a seed never used in training) k68 and k95 are the 68th and 95th
-percentiles of |error| / raw spread, fitted separately for the two modes.
+For each reported quantity (log10 M, log10 r_s, e, centre x and y) the interval is centre +/- k * raw
+spread: for the network alone the raw spread is sqrt(epistemic^2 + aleatoric^2) (MC Dropout standard
+deviation and the head's learned per-map spread), with refinement the fit's Laplace standard deviation.
+The validation set is drawn from the training mixture (noise, off-centre halos, scenarios, other
+geometries; a seed never used in training), with the noise estimated from each map as the service does
+by default; k68 and k95 are the 68th and 95th percentiles of |error| / raw spread, per mode and per
+group: the map's noise bin crossed with whether it is reported as "none" (`interval_groups`, which says
+why). `lensing evaluate` measures the coverage this gives on each kind of map separately.
 """
 
 from __future__ import annotations
@@ -15,49 +19,80 @@ from pathlib import Path
 import numpy as np
 
 from ..cosmology import MapGeometry
+from ..scenarios import NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
+from .interval_groups import GROUPS, NOISE_BIN_EDGES, noise_bin, reported_none
 from .predictor import Predictor
+from .preprocess import noise_at_input
 
 CALIBRATION_SAMPLES = 50
 LEVELS = {"68": 0.6827, "95": 0.9545}
+MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one group and noise bin
 
 
-def interval_scales(errors: np.ndarray, raw_std: np.ndarray) -> dict:
-    """{level: {parameter: k}} with k the level-quantile of |error| / raw_std."""
+def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray, none: np.ndarray) -> dict:
+    """{level: {group: {parameter: [k per noise bin]}}}, k the level-quantile of |error| / raw_std among the
+    maps of that group and bin. A bin with fewer than MIN_GROUP_MAPS maps takes its group's k over all
+    bins (the card's `group_maps` shows which), so that no map is left without an interval."""
     ratio = np.abs(errors) / np.clip(raw_std, 1e-12, None)
+    n_bins = len(NOISE_BIN_EDGES) + 1
+    members = {NO_SUBSTRUCTURE: none, "substructure": ~none}
+
+    def k(group: str, b: int, i: int, q: float) -> float:
+        chosen = ratio[members[group] & (bins == b), i]
+        if chosen.size < MIN_GROUP_MAPS:
+            chosen = ratio[members[group], i] if members[group].sum() >= MIN_GROUP_MAPS else ratio[:, i]
+        return float(np.quantile(chosen, q))
+
     return {
-        level: {name: float(np.quantile(ratio[:, i], q)) for i, name in enumerate(REPORTED)}
+        level: {group: {name: [k(group, b, i, q) for b in range(n_bins)] for i, name in enumerate(REPORTED)}
+                for group in GROUPS}
         for level, q in LEVELS.items()
     }
 
 
-def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed: int, chunk: int = 250) -> dict:
-    """Fit interval scales for 'network' and 'refined' modes on smooth validation maps.
+def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed: int, chunk: int = 125) -> dict:
+    """Fit interval scales for 'network' and 'refined' modes on validation maps from the training mixture.
 
     The maps go through the Predictor without calibration, whose half-widths are then the raw spreads.
     """
     raw = predictor.uncalibrated()
     rng = np.random.default_rng(seed)
-    geometry = MapGeometry()
     errors: dict[bool, list] = {False: [], True: []}
     spreads: dict[bool, list] = {False: [], True: []}
+    noise: list[np.ndarray] = []
+    none: list[np.ndarray] = []
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
-        batch = make_batch(size, rng, recipe, geometry=geometry.lens, fov_kpc=geometry.fov_kpc, noise_sigma=0.0,
-                           scenario_fraction=0.0)
-        truth = reported_array(batch.theta.double().numpy(), geometry.lens, geometry.fov_kpc)
+        batch = make_batch(size, rng, recipe)
+        lens = batch.geometries[0]
+        geometry = MapGeometry(float(batch.fov_kpc[0]), lens.z_lens, lens.z_source)
+        truth = reported_array(batch.theta.double().numpy(), lens, geometry.fov_kpc)
         maps = batch.maps.numpy().astype(np.float64)
         for refine in (False, True):
             result = raw.predict_batch(maps, geometry, CALIBRATION_SAMPLES, refine, list(range(start, start + size)))
             errors[refine].append(result.centre - truth)
             spreads[refine].append(result.half68)
-    fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]))
+        noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
+        none.append(reported_none(result.class_probs))
+    bins, smooth = noise_bin(np.concatenate(noise)), np.concatenate(none)
+    fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]), bins,
+                                      smooth)
               for refine in (False, True)}
+    group_maps = {NO_SUBSTRUCTURE: smooth, "substructure": ~smooth}
     return {
-        "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e); spread = MC Dropout std "
-                  "(network) or Laplace std of the fit (refined); k = quantile of |err| / spread",
+        "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e, centre kpc); spread = "
+                  "sqrt(MC Dropout std^2 + learned per-map spread^2) (network) or Laplace std of the fit "
+                  "(refined); k = quantile of |err| / spread on the training mixture, per group: the map's "
+                  "noise bin and whether it is reported as 'none'",
+        "noise_bin_edges": list(NOISE_BIN_EDGES),
+        "noise_bin_variable": "noise sigma per pixel at the network's input resolution (given or estimated); "
+                              "each k list has one entry per bin: below the first edge, between edges, above",
+        "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", "substructure": "all others"},
+        "group_maps": {group: np.bincount(bins[chosen], minlength=len(NOISE_BIN_EDGES) + 1).tolist()
+                       for group, chosen in group_maps.items()},
         "mc_samples": CALIBRATION_SAMPLES,
         "validation_maps": int(n_maps),
         "validation_seed": int(seed),

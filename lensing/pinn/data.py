@@ -14,18 +14,25 @@ import torch
 
 from ..cosmology import LensGeometry, lens_geometry
 from ..grid import DEFAULT_FOV_KPC
-from ..synthetic import NO_SCENARIO, HostBatch, generate_batch, sample_hosts
+from ..noise import estimate_noise_sigma
+from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE
+from ..synthetic import HostBatch, draw_batch_scenarios, generate_batch, sample_hosts
 from .encoding import theta_from_hosts
+
+NONE_CLASS = CLASS_NAMES.index(NO_SUBSTRUCTURE)
 
 
 @dataclass(frozen=True)
 class DataRecipe:
-    """What the maps look like: scenarios, noise and geometry variation."""
+    """What the maps look like: scenarios, noise, off-centre halos and geometry variation."""
 
     grid_size: int = 64
-    scenario_fraction: float = 0.5
-    noisy_fraction: float = 0.25
-    noise_range: tuple[float, float] = (1e-3, 2e-2)  # sigma_kappa, log-uniform
+    scenario_fraction: float = 0.75
+    noisy_fraction: float = 0.5
+    noise_range: tuple[float, float] = (1e-3, 4e-2)  # sigma_kappa, log-uniform
+    offset_fraction: float = 0.5  # maps whose halo is off the map centre
+    max_offset: float = 0.1  # per axis, in units of the field of view (uniform)
+    told_noise_fraction: float = 0.5  # maps whose true sigma the network is told (else: the map's estimate)
     other_geometry_fraction: float = 0.25
     z_lens_range: tuple[float, float] = (0.2, 0.8)
     z_source_max: float = 3.0
@@ -40,14 +47,18 @@ class DataRecipe:
 
 @dataclass
 class MapBatch:
-    """Maps with their truths. `scenario` is -1 for smooth hosts."""
+    """Maps with their truths. `scenario` is the class id (CLASS_NAMES): NONE_CLASS for a smooth host and
+    for a draw that leaves no trace on the map (`ScenarioRealisation.substructure_in_field`);
+    `drawn_scenario` is the scenario drawn (-1: none)."""
 
     maps: torch.Tensor  # (B, N, N) float32
-    theta: torch.Tensor  # (B, 4)
+    theta: torch.Tensor  # (B, 6)
     scenario: torch.Tensor  # (B,) long
+    drawn_scenario: np.ndarray  # (B,)
     hosts: HostBatch
     fov_kpc: np.ndarray  # (B,)
-    noise_sigma: np.ndarray  # (B,)
+    noise_sigma: np.ndarray  # (B,) the truth
+    told_noise_sigma: np.ndarray  # (B,) what the network is given: the truth or the map's own estimate
     geometries: list[LensGeometry]  # one per map
 
     def __len__(self) -> int:
@@ -69,10 +80,17 @@ def make_batch(
     fov_kpc: float | None = None,
     noise_sigma: float | None = None,
     scenario_fraction: float | None = None,
+    max_offset: float | None = None,
 ) -> MapBatch:
-    """A batch of maps. Fixed geometry/fov/noise/scenario_fraction override the recipe's random draws."""
+    """A batch of maps. Fixed geometry/fov/noise/scenario_fraction override the recipe's random draws;
+    a fixed `max_offset` puts every halo uniformly within +-max_offset of the field (0: centred)."""
     frac = recipe.scenario_fraction if scenario_fraction is None else scenario_fraction
     hosts = sample_hosts(size, rng, scenario_probability=frac)
+    if max_offset is None:
+        shifted = rng.random(size) < recipe.offset_fraction
+        offsets = np.where(shifted, rng.uniform(-recipe.max_offset, recipe.max_offset, (2, size)), 0.0)
+    else:
+        offsets = rng.uniform(-max_offset, max_offset, (2, size))
     if noise_sigma is None:
         noisy = rng.random(size) < recipe.noisy_fraction
         low, high = np.log(recipe.noise_range)
@@ -84,9 +102,17 @@ def make_batch(
         geometry, fov = _random_geometry(rng, recipe) if other else (lens_geometry(), DEFAULT_FOV_KPC)
     else:
         fov = float(fov_kpc or DEFAULT_FOV_KPC)
-    maps = generate_batch(hosts, recipe.grid_size, fov, geometry)
+    hosts.center_x_kpc, hosts.center_y_kpc = offsets * fov
+    draws = draw_batch_scenarios(hosts, geometry)
+    maps = generate_batch(hosts, recipe.grid_size, fov, geometry, draws=draws)
     noise = torch.as_tensor(rng.standard_normal(maps.shape), dtype=maps.dtype)
     maps = maps + noise * torch.as_tensor(sigma, dtype=maps.dtype)[:, None, None]
     theta = torch.as_tensor(theta_from_hosts(hosts, geometry, fov), dtype=torch.float32)
-    scenario = torch.as_tensor(np.where(hosts.scenario >= 0, hosts.scenario, NO_SCENARIO), dtype=torch.long)
-    return MapBatch(maps, theta, scenario, hosts, np.full(size, fov), sigma, [geometry] * size)
+    visible = np.array([k in draws and draws[k].substructure_in_field(fov) for k in range(size)], dtype=bool)
+    scenario = torch.as_tensor(np.where(visible, hosts.scenario, NONE_CLASS), dtype=torch.long)
+    told = sigma.copy()
+    guessed = rng.random(size) >= recipe.told_noise_fraction  # these maps get their own estimate
+    if guessed.any():
+        told[guessed] = estimate_noise_sigma(maps.numpy()[guessed])
+    return MapBatch(maps, theta, scenario, hosts.scenario.copy(), hosts, np.full(size, fov), sigma, told,
+                    [geometry] * size)

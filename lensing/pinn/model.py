@@ -1,8 +1,13 @@
-"""The PINN: a deterministic CNN encoder and a small stochastic (MC Dropout) head.
+"""The PINN: a fixed locator, a deterministic CNN encoder and a small stochastic (MC Dropout) head.
 
-All dropout lives in the head, so MC Dropout runs the encoder once per map and the head T times on
-repeated features in one vectorised pass (docs/design.md section 5). The head takes explicit dropout masks
-when sampling, so that each map's samples depend only on its own seed, not on its batch neighbours.
+The locator finds the halo's peak and shifts the map so that the peak sits on the central pixel: the
+radial profile and the radius channel assume a centred halo, and the network then only predicts the
+small residual of the centre. All dropout lives in the head, so MC Dropout runs the encoder once per map
+and the head T times on repeated features in one vectorised pass (docs/design.md section 5). The head
+takes explicit dropout masks when sampling, so that each map's samples depend only on its own seed, not
+on its batch neighbours. Besides theta and the class logits the head predicts, per map, the log of the
+expected error of its own estimate in every reported quantity (the aleatoric spread, learned with a
+Gaussian likelihood); it also reads the map's noise level, given or estimated.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ class PINNConfig:
     detail_widths: tuple[int, ...] = ()  # empty: no substructure branch (the 1.0 architecture)
     head_hidden: int = 256
     dropout: float = 0.1
-    n_theta: int = 4
-    n_classes: int = 3
+    n_theta: int = 6  # encoding.N_THETA
+    n_spreads: int = 5  # one learned spread per reported quantity (encoding.REPORTED)
+    n_classes: int = 4  # scenarios.CLASS_NAMES
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,9 +64,9 @@ class ResidualBlock(nn.Module):
 class RadialProfile(nn.Module):
     """Mean of each input channel in rings of equal width around the map centre (fixed weights).
 
-    Halos are centred by convention, so the ring means are the projected profile: giving the network
-    this summary directly makes amplitude and scale (kappa_s, r_s) a nearly linear read-out instead of
-    something the convolutions must assemble.
+    The locator has put the halo's peak on the map centre, so the ring means are the projected profile:
+    giving the network this summary directly makes amplitude and scale (kappa_s, r_s) a nearly linear
+    read-out instead of something the convolutions must assemble.
     """
 
     MAX_RADIUS = 0.5 * 2**0.5  # the corner of the map, in units of the field of view
@@ -117,6 +123,72 @@ class SubstructureBranch(nn.Module):
         return F.gelu(self.project(torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(2, 3))], dim=1)))
 
 
+class Locator(nn.Module):
+    """Peak of the blurred cusp channel (sub-pixel, parabolic) and the map shifted to put it at the centre.
+
+    The blur (sigma 2.5 px, zero padding so that noise at the border cannot win) keeps single-pixel noise
+    and subhalos from winning the argmax; the shift is bilinear with border padding and at most MAX_SHIFT
+    of the field per axis. On a map whose halo is buried in noise the peak is noise, and the network's
+    residual (trained with a robust loss) and its learned spread carry that. Fixed weights: nothing here
+    is trained.
+    """
+
+    BLUR_SIGMA_PX = 2.5
+    BLUR_RADIUS_PX = 6
+    MAX_SHIFT = 0.12  # fraction of the field of view per axis
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blur_cache: dict[int, torch.Tensor] = {}
+
+    def _blur_matrix(self, size: int) -> torch.Tensor:
+        """(size, size) float64 band matrix B: B @ X @ B is the Gaussian blur of X with zero padding."""
+        if size not in self.blur_cache:
+            offsets = torch.arange(-self.BLUR_RADIUS_PX, self.BLUR_RADIUS_PX + 1, dtype=torch.float64)
+            kernel = torch.exp(-0.5 * (offsets / self.BLUR_SIGMA_PX) ** 2)
+            kernel = kernel / kernel.sum()
+            distance = torch.arange(size)[:, None] - torch.arange(size)[None, :]
+            inside = distance.abs() <= self.BLUR_RADIUS_PX
+            index = (distance + self.BLUR_RADIUS_PX).clamp(0, 2 * self.BLUR_RADIUS_PX)
+            self.blur_cache[size] = torch.where(inside, kernel[index], torch.zeros((), dtype=torch.float64))
+        return self.blur_cache[size]
+
+    def peak(self, channel: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) -> (B, 2) peak position (x, y) in units of the field of view from the map centre."""
+        size = channel.shape[-1]
+        # separable, as two float64 matrix products: float32 convolutions round differently for other batch
+        # sizes (the argmax and vertex would carry that into every output, and a map's result must not
+        # depend on its neighbours), and a float64 13 x 13 convolution takes most of a training step
+        band = self._blur_matrix(size).to(channel.device)
+        smooth = band @ channel[:, 0].double() @ band
+        index = smooth.flatten(1).argmax(dim=1)
+        row, col = index // size, index % size
+        batch = torch.arange(channel.shape[0], device=channel.device)
+
+        def vertex(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
+            curvature = minus - 2 * centre + plus
+            step = 0.5 * (minus - plus) / torch.where(curvature < 0, curvature, -torch.ones_like(curvature))
+            return step.clamp(-0.5, 0.5)
+
+        clamp = lambda i: i.clamp(0, size - 1)  # noqa: E731
+        centre = smooth[batch, row, col]
+        dx = vertex(smooth[batch, row, clamp(col - 1)], centre, smooth[batch, row, clamp(col + 1)])
+        dy = vertex(smooth[batch, clamp(row - 1), col], centre, smooth[batch, clamp(row + 1), col])
+        position = torch.stack([col + dx, row + dy], dim=1).to(channel.dtype)
+        return ((position - (size - 1) / 2) / size).clamp(-self.MAX_SHIFT, self.MAX_SHIFT)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input (B, C, S, S) -> (recentred input, offset (B, 2)); the last channel (radius) stays put."""
+        offset = self.peak(x[:, 1:2])
+        affine = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
+        affine[:, 0, 0] = affine[:, 1, 1] = 1.0
+        affine[:, :, 2] = 2.0 * offset
+        grid = F.affine_grid(affine, list(x[:, :-1].shape), align_corners=False)
+        shifted = F.grid_sample(x[:, :-1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return torch.cat([shifted, x[:, -1:]], dim=1).contiguous(memory_format=layout), offset
+
+
 class Encoder(nn.Module):
     """Patchify stem (stride 4), residual stages with 2x downsampling, flatten; plus the radial profile
     and, when configured, the substructure branch.
@@ -156,16 +228,17 @@ class Encoder(nn.Module):
 
 
 class StochasticHead(nn.Module):
-    """Dropout -> Linear -> GELU -> Dropout -> Linear, giving theta (standardised) and class logits."""
+    """Dropout -> Linear -> GELU -> Dropout -> Linear, giving theta (standardised), the log of the learned
+    spreads and class logits."""
 
     n_dropout_sites = 2
 
     def __init__(self, config: PINNConfig, in_dim: int) -> None:
         super().__init__()
         self.p = config.dropout
-        self.n_theta = config.n_theta
+        self.split = [config.n_theta, config.n_spreads, config.n_classes]
         self.hidden = nn.Linear(in_dim, config.head_hidden)
-        self.out = nn.Linear(config.head_hidden, config.n_theta + config.n_classes)
+        self.out = nn.Linear(config.head_hidden, sum(self.split))
         self.site_dims = (in_dim, config.head_hidden)
 
     def forward(self, features: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -175,26 +248,41 @@ class StochasticHead(nn.Module):
             h = F.dropout(F.gelu(self.hidden(h)), self.p, self.training)
         else:
             h = F.gelu(self.hidden(features * masks[0])) * masks[1]
-        out = self.out(h)
-        return out[:, : self.n_theta], out[:, self.n_theta :]
+        theta, log_spread, logits = torch.split(self.out(h), self.split, dim=1)
+        return theta, log_spread.clamp(-12.0, 3.0), logits
 
 
 class PINN(nn.Module):
-    """Encoder + stochastic head. `forward` is one pass; `sample` draws T MC Dropout samples per map."""
+    """Locator + encoder + stochastic head. `forward` is one pass; `sample` draws T MC Dropout samples.
+
+    Both take the network input (B, C, S, S) and the noise feature (B, 1) (`preprocess.noise_feature`) and
+    return theta (standardised; its centre part is the residual from `offset`), log spreads, class logits
+    and the locator's offset (B, 2) in units of the field of view.
+    """
 
     def __init__(self, config: PINNConfig) -> None:
         super().__init__()
         self.config = config
+        self.locator = Locator()
         self.encoder = Encoder(config)
-        self.head = StochasticHead(config, self.encoder.out_dim)
+        self.head = StochasticHead(config, self.encoder.out_dim + 1)
 
-    def forward(self, x: torch.Tensor):
-        return self.head(self.encoder(x))
+    def features(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's input (B, 1 + encoder.out_dim) and the locator's offset (B, 2)."""
+        centred, offset = self.locator(x)
+        # the noise feature first: a fine-tune that appends encoder features (a substructure branch) keeps
+        # the source head's columns in front (checkpoint.load_pretrained)
+        return torch.cat([noise, self.encoder(centred)], dim=1), offset
 
-    def sample(self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor]):
-        """theta (B, T, n_theta) and logits (B, T, n_classes) for masks of shape (B*T, site_dim)."""
-        features = self.encoder(x)
+    def forward(self, x: torch.Tensor, noise: torch.Tensor):
+        features, offset = self.features(x, noise)
+        return (*self.head(features), offset)
+
+    def sample(self, x: torch.Tensor, noise: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor]):
+        """theta (B, T, n_theta), log spreads (B, T, n_spreads), logits (B, T, n_classes) and offset (B, 2)
+        for masks of shape (B*T, site_dim)."""
+        features, offset = self.features(x, noise)
         n_samples = masks[0].shape[0] // features.shape[0]
         repeated = features.repeat_interleave(n_samples, dim=0)
-        theta, logits = self.head(repeated, masks)
-        return theta.unflatten(0, (-1, n_samples)), logits.unflatten(0, (-1, n_samples))
+        outputs = self.head(repeated, masks)
+        return (*(out.unflatten(0, (-1, n_samples)) for out in outputs), offset)

@@ -12,31 +12,47 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _metrics_blocks(metrics: dict) -> list[tuple[str, dict]]:
-    """The headline block, then each held-out set and mode of `lensing evaluate`'s metrics."""
-    headline = ("headline: smooth maps, network; scenario accuracy on maps with scenarios", metrics)
-    return [headline] + [(f"{name}, {mode}", block) for name, modes in metrics.get("sets", {}).items()
-                         for mode, block in modes.items()]
+SHORT_NAMES = {"log10_M_vir": "M", "log10_r_s": "r_s", "ellipticity": "e", "center_x_kpc": "x_c",
+               "center_y_kpc": "y_c"}
+
+
+def _coverage(block: dict, level: str) -> str:
+    return " / ".join(f"{value:.2f}" for value in block[level].values())
 
 
 def _metrics_section(metrics: dict) -> str:
-    parts = []
-    for name, block in _metrics_blocks(metrics):
-        if "median_abs_dlog10_M" not in block:
-            continue
-        rows = [["quantity", "value"]]
-        for key in ("n_maps", "median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "scenario_accuracy",
-                    "scenario_accuracy_stderr"):
-            if key in block:
-                rows.append([key, f"{block[key]:.4g}" if isinstance(block[key], float) else str(block[key])])
-        for level in ("coverage_68", "coverage_95"):
-            if level in block:
-                rows.append([level, ", ".join(f"{k}: {v:.3f}" for k, v in block[level].items())])
-        parts.append(f"### {name}\n\n" + _table(rows))
-        if "confusion_matrix" in block:
-            parts.append("Confusion matrix (rows: true CDM, WDM, SIDM; columns: predicted)\n\n```\n"
-                         + "\n".join(str(r) for r in block["confusion_matrix"]) + "\n```")
-    return "\n\n".join(parts) or "Not evaluated yet."
+    """One table: every held-out set and mode, its accuracy, classification and coverage per quantity."""
+    sets = metrics.get("sets", {})
+    if not sets:
+        return "Not evaluated yet."
+    order = " / ".join(SHORT_NAMES.values())
+    rows = [["set", "mode", "maps", "M [dex]", "r_s [%]", "e", "centre [kpc]", "classes",
+             f"68 % coverage ({order})", f"95 % coverage ({order})", "within goal"]]
+    for name, modes in sets.items():
+        for mode, block in modes.items():
+            if "scenario_accuracy" in block:
+                classes = f"accuracy {block['scenario_accuracy']:.3f} +- {block['scenario_accuracy_stderr']:.3f}"
+                if "scenario_accuracy_all_draws_3_classes" in block:
+                    classes += f" (all draws, 3 classes: {block['scenario_accuracy_all_draws_3_classes']:.3f})"
+            else:
+                classes = f"none {block.get('none_rate_on_smooth', float('nan')):.3f}"
+            goal = block.get("coverage_within_goal", {})
+            rows.append([name, mode, str(block["n_maps"]), f"{block['median_abs_dlog10_M']:.4f}",
+                         f"{100 * block['median_rel_err_rs']:.2f}", f"{block['median_abs_de']:.4f}",
+                         f"{block.get('median_abs_dcenter_kpc', float('nan')):.2f}", classes,
+                         _coverage(block, "coverage_68"), _coverage(block, "coverage_95"),
+                         ", ".join(SHORT_NAMES[k] for k, ok in goal.items() if ok) or "none"])
+    parts = ["Medians of |error|; centre per axis. \"classes\": scenario accuracy (over CLASS_NAMES, "
+             "\"none\" counts as wrong) on maps whose scenario shows in the field, and in brackets over every "
+             "drawn scenario with the argmax over CDM, WDM, SIDM only; or the share of maps with nothing to "
+             "see (smooth hosts, empty draws) reported as \"none\". \"within goal\": quantities whose coverage "
+             "is within 5 points of 68 % and 3 points of 95 %.", _table(rows)]
+    scenarios = sets.get("scenarios", {}).get("network", {})
+    if "confusion_matrix" in scenarios:
+        columns = ", ".join(metrics.get("class_names", []))
+        parts.append(f"Confusion matrix of the scenario set (rows: true CDM, WDM, SIDM; columns: predicted "
+                     f"{columns})\n\n```\n" + "\n".join(str(r) for r in scenarios["confusion_matrix"]) + "\n```")
+    return "\n\n".join(parts)
 
 
 def _provenance_lines(source: dict | None, depth: int = 0) -> str:
@@ -73,6 +89,20 @@ def render_markdown(card: dict) -> str:
 ```
 
 ## Calibration
+
+An interval is centre +/- k x raw spread, per reported quantity. For the network alone the raw spread
+is sqrt(MC Dropout std^2 + learned spread^2): the spread of the dropout samples (what the network does
+not know) and the head's own per-map estimate of its error (what the map does not say: noise,
+substructure, a halo buried in noise). With refinement it is the Laplace standard deviation of the fit.
+k68 and k95 are the 68th and 95th percentiles of |error| / raw spread on validation maps drawn from the
+training mixture, fitted separately for each group of maps: the map's noise bin (`noise_bin_edges`: its
+noise sigma per pixel at the network's input resolution, given or estimated; each k list has one entry
+per bin, from clean to the noisiest) crossed with whether it is reported as "none" or as carrying
+substructure (`groups`). Both are known from the map alone, so the service picks each map's k the same
+way. k near 1 at 68 % and near 2 at 95 % mean the raw spreads were already honest Gaussian errors for
+maps of that group; larger or smaller k mean they were too narrow or too wide there, and k corrects them
+on average. `group_maps` says how many validation maps each k rests on; a bin with fewer than 30 takes
+its group's k over all bins.
 
 ```json
 {json.dumps(card.get('calibration', {}), indent=2)}

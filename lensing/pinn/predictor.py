@@ -4,8 +4,12 @@ This is the one inference entry point that the Serve deployment, the sweeps, cal
 `lensing evaluate` share. It loads verified safetensors weights, runs vectorised MC Dropout (encoder
 once, head T times), optionally refines with the physics renderer, applies the model card's calibration
 and returns the interval centres and half-widths in the space where errors are measured
-(log10 M, log10 r_s, e: `REPORTED`), from which the physical parameters (M_vir, r_s, c, e, position
-angle) and their 68 % / 95 % intervals are derived once.
+(log10 M, log10 r_s, e, centre in kpc: `REPORTED`), from which the physical parameters (M_vir, r_s, c, e,
+position angle, centre) and their 68 % / 95 % intervals are derived once.
+
+The network's raw spread of a quantity is sqrt(epistemic^2 + aleatoric^2): the standard deviation of the
+MC Dropout samples and the head's learned per-map spread. Every map comes with its per-pixel noise
+sigma, given by the caller or estimated from the map (`lensing.noise`); the network reads it.
 
 mc_samples = 1 means the deterministic network (dropout off): a point estimate with no uncertainties
 (with refine=True the uncertainties come from the fit's Laplace covariance instead).
@@ -25,12 +29,21 @@ import torch
 
 from ..cosmology import MapGeometry
 from ..halo import r200_from_mass
-from ..limits import MC_SAMPLES, InputError, check_integer, check_maps
-from ..scenarios import SCENARIOS
+from ..limits import INFERENCE_NOISE_SIGMA, MC_SAMPLES, InputError, check_integer, check_maps
+from ..noise import estimate_noise_sigma
+from ..scenarios import CLASS_DESCRIPTIONS, CLASS_NAMES, NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
-from .encoding import REPORTED, ThetaScaler, physical_from_theta, reported_array, reported_std_from_covariance
+from .encoding import (
+    REPORTED,
+    ThetaScaler,
+    physical_from_theta,
+    reported_array,
+    reported_std_from_covariance,
+    spread_units,
+)
+from .interval_groups import noise_bin, reported_none
 from .model import PINN
-from .preprocess import prepare_input
+from .preprocess import noise_at_input, noise_feature, prepare_input
 from .refine import refine_theta
 from .sampling import sample_theta, summarise
 
@@ -39,12 +52,14 @@ __all__ = ["DEVICES", "MapGeometry", "PredictionBatch", "Predictor", "resolve_de
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-# Largest raw spread (before calibration) of a refined (log10 M_vir, log10 r_s, e): "unconstrained". The
-# Laplace spread of a fit to a map that is no halo can be astronomically wide (10**spread overflows);
-# held-out halo maps give spreads orders of magnitude below it, so the cap never touches them.
-UNCONSTRAINED_SPREAD = np.array([3.0, 3.0, 1.0])
-OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentration")
-INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity")  # order matches REPORTED
+# Widest interval half-width of (log10 M_vir, log10 r_s, e) and centre (in units of the field):
+# "unconstrained". The Laplace spread of a fit to a map that is no halo can be astronomically wide, and
+# calibration multiplies it further (10**half-width overflows); held-out halo maps stay far below it.
+UNCONSTRAINED_SPREAD = np.array([3.0, 3.0, 1.0, 0.5, 0.5])
+OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentration", "center_x_kpc",
+                     "center_y_kpc")
+INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity", "center_x_kpc", "center_y_kpc")  # order matches REPORTED
+NOISE_SOURCES = ("given", "estimated")
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -72,7 +87,7 @@ class PredictionBatch:
     """Calibrated predictions for B maps.
 
     `centre`, `half68` and `half95` (B, 3) are the interval centres and half-widths in REPORTED space
-    (log10 M_vir, log10 r_s, e): what calibration and evaluation measure. `values` and `uncertainties`
+    (log10 M_vir, log10 r_s, e, centre): what calibration and evaluation measure. `values` and `uncertainties`
     (arrays of shape (B,)) are the physical parameters and intervals derived from them once.
     """
 
@@ -84,6 +99,8 @@ class PredictionBatch:
     class_probs: np.ndarray  # (B, C)
     entropy: np.ndarray
     mutual_information: np.ndarray
+    noise_sigma: np.ndarray  # (B,) per-pixel sigma the network was given
+    noise_estimated: np.ndarray  # (B,) bool: estimated from the map (True) or given by the caller
     mc_samples: int
     refined: bool
 
@@ -101,10 +118,12 @@ class PredictionBatch:
                     "uncertainties": None
                     if self.uncertainties is None
                     else {name: float(v[k]) for name, v in self.uncertainties.items()},
-                    "classification": {name: float(p) for name, p in zip(SCENARIOS, probs)},
-                    "predicted_class": SCENARIOS[int(np.argmax(probs))],
+                    "classification": {name: float(p) for name, p in zip(CLASS_NAMES, probs)},
+                    "predicted_class": CLASS_NAMES[int(np.argmax(probs))],
                     "entropy": float(self.entropy[k]),
                     "mutual_information": float(self.mutual_information[k]),
+                    "noise_sigma": float(self.noise_sigma[k]),
+                    "noise_sigma_source": NOISE_SOURCES[int(self.noise_estimated[k])],
                     "mc_samples": self.mc_samples,
                     "refined": self.refined,
                 }
@@ -150,7 +169,8 @@ class Predictor:
             "description": self.card.get("description", ""),
             "input_size": [size, size],
             "output_parameters": list(OUTPUT_PARAMETERS),
-            "class_names": list(SCENARIOS),
+            "class_names": list(CLASS_NAMES),
+            "class_descriptions": CLASS_DESCRIPTIONS,
             "calibration": self.calibration,
             "sha256": self.card.get("sha256"),
             "metrics": self.card.get("metrics", {}),
@@ -164,27 +184,37 @@ class Predictor:
         mc_samples: int = 50,
         refine: bool = False,
         seed: int | Sequence[int | None] | None = None,
+        noise_sigma: float | Sequence[float | None] | None = None,
     ) -> PredictionBatch:
-        """Predict for maps of one size and geometry; `seed` per map (one int: the same for all)."""
+        """Predict for maps of one size and geometry; `seed` and `noise_sigma` per map (one value: the same
+        for all; a None noise_sigma is estimated from its map)."""
         array = check_maps(maps)
         mc_samples = _check_mc_samples(mc_samples)
         seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(array)
         if len(seeds) != len(array):
             raise InputError("seed", f"seed must give one seed per map ({len(array)}), got {len(seeds)}")
+        sigma, estimated = _noise_levels(array, noise_sigma)
+        size = self.model.config.input_size
         kappa = torch.as_tensor(array, dtype=torch.float32)
-        x = prepare_input(kappa, self.model.config.input_size).to(self.device)
-        theta, logits = sample_theta(self.model, x, mc_samples, seeds, self.scaler)
-        summary = summarise(theta, logits, geometry.lens, geometry.fov_kpc)
-        centre_theta, centre, spread = summary.theta_mean, summary.reported_mean, summary.reported_std
+        x = prepare_input(kappa, size).to(self.device)
+        noise = noise_feature(torch.as_tensor(sigma), array.shape[-1], size).to(self.device)
+        theta, log_spread, logits = sample_theta(self.model, x, noise, mc_samples, seeds, self.scaler)
+        summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc)
+        centre_theta, centre = summary.theta_mean, summary.reported_mean
+        spread = np.hypot(summary.reported_std, summary.learned_spread)
         if refine:  # refined centre; its spread is the fit's Laplace standard deviation
             refined, covariance = refine_theta(torch.as_tensor(centre_theta), torch.as_tensor(array))
             centre_theta = refined.numpy()
             centre = reported_array(centre_theta, geometry.lens, geometry.fov_kpc)
             spread = reported_std_from_covariance(centre_theta, covariance.numpy(), geometry.lens, geometry.fov_kpc)
-            spread = np.minimum(np.nan_to_num(spread, nan=np.inf), UNCONSTRAINED_SPREAD)
+            spread = np.nan_to_num(spread, nan=np.inf)
         half68 = half95 = None
         if mc_samples > 1 or refine:
-            half68, half95 = (self._scales(level, refine) * spread for level in ("68", "95"))
+            widest = UNCONSTRAINED_SPREAD * spread_units(geometry.fov_kpc)
+            sigma_at_input = noise_at_input(sigma, array.shape[-1], size)
+            half68, half95 = (np.minimum(self._scales(level, refine, sigma_at_input, summary.class_probs) * spread,
+                                         widest)
+                              for level in ("68", "95"))
         angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
         values, uncertainties = _physical(centre, half68, half95, angle, geometry)
         if uncertainties is not None:
@@ -198,16 +228,25 @@ class Predictor:
             class_probs=summary.class_probs,
             entropy=summary.entropy,
             mutual_information=summary.mutual_information,
+            noise_sigma=sigma,
+            noise_estimated=estimated,
             mc_samples=mc_samples,
             refined=bool(refine),
         )
 
-    def _scales(self, level: str, refine: bool) -> np.ndarray:
-        """Calibration factors k (one per REPORTED quantity) of a level and mode; ones without calibration."""
+    def _scales(self, level: str, refine: bool, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
+        """Calibration factors k (B, one per REPORTED quantity) of a level and mode, each map's from its group
+        (`interval_groups`: noise bin, reported as "none" or not); ones without calibration."""
         if not self.calibration:
-            return np.ones(len(REPORTED))
-        scales = self.calibration["refined" if refine else "network"][level]
-        return np.array([scales[name] for name in REPORTED])
+            return np.ones((len(sigma_at_input), len(REPORTED)))
+        by_group = self.calibration["refined" if refine else "network"][level]
+        bins = noise_bin(sigma_at_input, self.calibration["noise_bin_edges"])
+        none = reported_none(class_probs)
+        scales = np.empty((len(bins), len(REPORTED)))
+        for group, members in ((NO_SUBSTRUCTURE, none), ("substructure", ~none)):
+            per_bin = np.array([by_group[group][name] for name in REPORTED]).T  # (bins, REPORTED)
+            scales[members] = per_bin[bins[members]]
+        return scales
 
     def predict(
         self,
@@ -217,8 +256,9 @@ class Predictor:
         refine: bool | Sequence[bool] = False,
         seed: int | Sequence[int | None] | None = None,
         max_mc_work: int | None = None,
+        noise_sigma: float | Sequence[float | None] | None = None,
     ) -> list[dict]:
-        """Mixed requests: maps of any sizes, each with its own geometry, mc_samples, refine and seed.
+        """Mixed requests: maps of any sizes, each with its own geometry, mc_samples, refine, seed and noise.
 
         Maps that share (size, geometry, mc_samples, refine) run together; `max_mc_work` bounds
         maps x mc_samples per vectorised chunk. A map's result never depends on its batch neighbours.
@@ -234,7 +274,9 @@ class Predictor:
         mc = per_map(mc_samples, 50)
         refines = per_map(refine, False)
         seeds = list(seed) if isinstance(seed, Sequence) else [seed] * n
-        for name, values in (("geometries", geometries), ("mc_samples", mc), ("refine", refines), ("seed", seeds)):
+        noises = list(noise_sigma) if isinstance(noise_sigma, Sequence) else [noise_sigma] * n
+        for name, values in (("geometries", geometries), ("mc_samples", mc), ("refine", refines), ("seed", seeds),
+                             ("noise_sigma", noises)):
             if len(values) != n:
                 raise InputError(name, f"{name} must give one value per map ({n}), got {len(values)}")
         arrays = [check_maps(m)[0] for m in maps]
@@ -247,7 +289,8 @@ class Predictor:
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
                 batch = self.predict_batch(
-                    np.stack([arrays[k] for k in part]), geometry, samples, do_refine, [seeds[k] for k in part]
+                    np.stack([arrays[k] for k in part]), geometry, samples, do_refine, [seeds[k] for k in part],
+                    [noises[k] for k in part],
                 )
                 for k, record in zip(part, batch.to_records()):
                     numbers = [*record["predictions"].values(), *(record["uncertainties"] or {}).values()]
@@ -269,12 +312,16 @@ def _physical(centre: np.ndarray, half68: np.ndarray | None, half95: np.ndarray 
         "ellipticity": ellipticity,
         "position_angle": angle,
         "concentration": r200_from_mass(mass, geometry.lens.rho_crit) / r_s,
+        "center_x_kpc": centre[:, 3],
+        "center_y_kpc": centre[:, 4],
     }
     if half68 is None or half95 is None:
         return values, None
     uncertainties: dict[str, np.ndarray] = {}
     for i, name in enumerate(INTERVAL_PARAMETERS):
-        if name == "ellipticity":
+        if name.startswith("center"):
+            to_physical, std = (lambda v: v), half68[:, i]
+        elif name == "ellipticity":
             to_physical, std = (lambda v: np.clip(v, 0.0, None)), half68[:, i]
         else:
             to_physical, std = (lambda v: 10.0**v), values[name] * math.log(10.0) * half68[:, i]
@@ -284,6 +331,21 @@ def _physical(centre: np.ndarray, half68: np.ndarray | None, half95: np.ndarray 
         uncertainties[f"{name}_p2_5"] = to_physical(centre[:, i] - half95[:, i])
         uncertainties[f"{name}_p97_5"] = to_physical(centre[:, i] + half95[:, i])
     return values, uncertainties
+
+
+def _noise_levels(maps: np.ndarray, noise_sigma: float | Sequence[float | None] | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-map noise sigma (B,) and whether each was estimated: a given value is checked, None estimated."""
+    given = list(noise_sigma) if isinstance(noise_sigma, Sequence) else [noise_sigma] * len(maps)
+    if len(given) != len(maps):
+        raise InputError("noise_sigma", f"noise_sigma must give one value per map ({len(maps)}), got {len(given)}")
+    estimated = np.array([value is None for value in given])
+    sigma = np.zeros(len(maps))
+    if estimated.any():
+        sigma[estimated] = estimate_noise_sigma(maps[estimated])
+    for k in np.flatnonzero(~estimated):
+        sigma[k] = INFERENCE_NOISE_SIGMA.check("noise_sigma", given[k])
+    return sigma, estimated
 
 
 def _axis_angle_std(theta: torch.Tensor) -> np.ndarray:

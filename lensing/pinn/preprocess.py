@@ -15,6 +15,7 @@ from ..render import unit_grid
 
 SOFTENING = (3e-4, 3e-2)
 CHANNEL_SCALE = (9.0, 5.0)
+NOISE_FLOOR = 1e-4  # noise below this is "noiseless" for the network's noise feature
 
 
 def normalise(kappa: torch.Tensor) -> torch.Tensor:
@@ -32,3 +33,18 @@ def prepare_input(kappa: torch.Tensor, size: int) -> torch.Tensor:
     grid_x, grid_y = unit_grid(size, x.dtype, x.device)
     radius = (2.0 * torch.sqrt(grid_x**2 + grid_y**2)).expand(x.shape[0], 1, size, size)
     return torch.cat([x, radius], dim=1)
+
+
+def noise_feature(sigma: torch.Tensor, map_side: int, size: int) -> torch.Tensor:
+    """The head's noise input (B, 1): log10 of the per-pixel sigma at the network's resolution, of order one.
+
+    Shrinking a map of side N to `size` averages about (N / size)^2 pixels, which divides white noise by
+    N / size; the feature is what the network sees, so one trained network serves every map side.
+    """
+    return ((torch.log10(noise_at_input(sigma, map_side, size) + NOISE_FLOOR) + 2.5) / 1.5)[:, None].float()
+
+
+def noise_at_input(sigma, map_side: int, size: int):
+    """Per-pixel noise sigma of an N-pixel map once shrunk to the network's `size` (arrays or tensors)."""
+    return sigma / max(1.0, map_side / size)
+

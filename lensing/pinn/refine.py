@@ -2,8 +2,8 @@
 
 The residual is the plain convergence difference at the map's native resolution: for white pixel noise
 that is the likelihood (the fit does not chase noise in the faint outskirts), and for a noiseless map
-any metric leads to the same exact solution. Four parameters per map and a Jacobian from four
-forward-mode derivatives make each step cheap and fully batched. The Gauss-Newton (Laplace) covariance
+any metric leads to the same exact solution. Six parameters per map (theta, centre included) and a
+Jacobian from six forward-mode derivatives make each step cheap and fully batched. The Gauss-Newton (Laplace) covariance
 sigma^2 (J^T J)^-1, with sigma^2 estimated from the residuals, gives refined-mode uncertainties.
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 from torch.func import jvp
 
+from .encoding import N_THETA
 from .physics import render_theta
 
 MAX_ELLIPTICITY = 0.9
-N_THETA = 4
+MAX_CENTRE = 0.5  # |x_c|, |y_c| / fov: the centre stays on the map
 # Bounds of (log10 kappa_s, log10 r_s/fov) during the fit: eight prior widths around the training prior
 # (ThetaScaler), far outside any lensing halo. A map that is not a halo (noise, garbage) can pull the fit
 # anywhere; inside the box the renderer and the mass conversion stay finite.
@@ -27,25 +28,26 @@ def _residual(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _jacobian(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d residual / d theta, (B, P, 4), from four forward-mode products."""
+    """d residual / d theta, (B, P, 6), from six forward-mode products."""
     eye = torch.eye(N_THETA, dtype=theta.dtype)
     columns = [jvp(lambda t: _residual(t, target), (theta,), (eye[k].expand_as(theta),))[1] for k in range(N_THETA)]
     return torch.stack(columns, dim=-1)
 
 
 def _into_box(theta: torch.Tensor) -> torch.Tensor:
-    """theta with log10 kappa_s and log10 r_s/fov clamped to THETA_BOX and e shrunk to MAX_ELLIPTICITY."""
+    """theta with log10 kappa_s and log10 r_s/fov clamped to THETA_BOX, e shrunk to MAX_ELLIPTICITY and the
+    centre kept on the map."""
     scales = [theta[:, k : k + 1].clamp(low, high) for k, (low, high) in enumerate(THETA_BOX)]
-    e = torch.linalg.vector_norm(theta[:, 2:], dim=1, keepdim=True)
+    e = torch.linalg.vector_norm(theta[:, 2:4], dim=1, keepdim=True)
     shrink = torch.clamp(MAX_ELLIPTICITY / e.clamp(min=1e-12), max=1.0)
-    return torch.cat([*scales, theta[:, 2:] * shrink], dim=1)
+    return torch.cat([*scales, theta[:, 2:4] * shrink, theta[:, 4:].clamp(-MAX_CENTRE, MAX_CENTRE)], dim=1)
 
 
 @torch.no_grad()
 def refine_theta(
     theta0: torch.Tensor, maps: torch.Tensor, steps: int = 12, damping: float = 1e-3
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refined theta (B, 4) and its Laplace covariance (B, 4, 4), float64, fitting maps (B, N, N).
+    """Refined theta (B, 6) and its Laplace covariance (B, 6, 6), float64, fitting maps (B, N, N).
 
     A step is taken only where the damped system solves and lowers the misfit, so a map the model
     cannot describe keeps its last finite estimate (at worst the network's) instead of failing the batch.

@@ -2,7 +2,9 @@
 
 Loss = MSE on standardised theta + physics_weight * misfit between the input map and the map the
 differentiable renderer draws from the predicted theta (in the normalised input space)
-+ classification_weight * cross-entropy on the maps that carry a scenario.
++ classification_weight * cross-entropy over the classes (a smooth map's class is "none")
++ spread_weight * Gaussian negative log-likelihood of the estimate's error (detached) under the learned
+per-map spreads, in the reported quantities.
 One YAML config (`configs/train/pinn.yaml`) holds every knob; checkpoints allow resume, `init_from`
 fine-tunes from existing weights.
 """
@@ -36,11 +38,11 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .data import DataRecipe, make_batch
-from .encoding import ThetaScaler
+from .encoding import ThetaScaler, reported_array, spread_units, with_offset
 from .model import PINN, PINNConfig
 from .physics import render_theta
 from .predictor import Predictor
-from .preprocess import normalise, prepare_input
+from .preprocess import noise_feature, normalise, prepare_input
 
 
 class TrainConfig(BaseModel):
@@ -58,6 +60,7 @@ class TrainConfig(BaseModel):
     physics_weight: float = Field(0.1, ge=0)
     physics_maps: int = Field(32, ge=1)
     classification_weight: float = Field(0.5, ge=0)
+    spread_weight: float = Field(0.2, ge=0)
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     validation_maps: int = Field(2000, ge=100)
@@ -79,18 +82,29 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 
 
 def training_loss(model: PINN, batch, scaler: ThetaScaler, config: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """Supervised + physics + classification loss of one batch, with its parts for logging."""
-    x = prepare_input(batch.maps, model.config.input_size).contiguous(memory_format=torch.channels_last)
-    theta_z, logits = model(x)
-    supervised = F.mse_loss(theta_z, scaler.standardise(batch.theta))
+    """Supervised + physics + classification + spread loss of one batch, with its parts for logging."""
+    size, side = model.config.input_size, batch.maps.shape[-1]
+    x = prepare_input(batch.maps, size).contiguous(memory_format=torch.channels_last)
+    noise = noise_feature(torch.as_tensor(batch.told_noise_sigma), side, size)
+    theta_z, log_spread, logits, offset = model(x, noise)
+    relative_truth = torch.cat([batch.theta[:, :4], batch.theta[:, 4:] - offset], dim=1)
+    target = scaler.standardise(relative_truth)
+    # the centre's residual is Huber: where noise hides the halo, the locator's peak is noise, and those few
+    # large residuals must not drown the other maps' gradients
+    supervised = (F.mse_loss(theta_z[:, :4], target[:, :4]) * 4
+                  + F.smooth_l1_loss(theta_z[:, 4:], target[:, 4:], beta=1.0) * 2) / 6
+    theta = with_offset(scaler.unstandardise(theta_z), offset)
     subset = slice(0, config.physics_maps)  # the renderer's backward pass is costly: a subset suffices
-    rendered = render_theta(scaler.unstandardise(theta_z[subset]), batch.maps.shape[-1])
-    physics = F.mse_loss(normalise(rendered), normalise(batch.maps[subset]))
-    labelled = batch.scenario >= 0
-    classification = (F.cross_entropy(logits[labelled], batch.scenario[labelled]) if labelled.any()
-                      else theta_z.sum() * 0)
-    loss = supervised + config.physics_weight * physics + config.classification_weight * classification
-    return loss, {"sup": supervised.item(), "phys": physics.item(), "cls": classification.item()}
+    physics = F.mse_loss(normalise(render_theta(theta[subset], side)), normalise(batch.maps[subset]))
+    classification = F.cross_entropy(logits, batch.scenario)
+    geometry, fov = batch.geometries[0], float(batch.fov_kpc[0])  # one geometry per batch
+    units = torch.as_tensor(spread_units(fov), dtype=theta.dtype)
+    error = (reported_array(theta.detach(), geometry, fov) - reported_array(batch.theta, geometry, fov)) / units
+    spread = (log_spread + 0.5 * (error * torch.exp(-log_spread)) ** 2).mean()
+    loss = (supervised + config.physics_weight * physics + config.classification_weight * classification
+            + config.spread_weight * spread)
+    parts = {"sup": supervised.item(), "phys": physics.item(), "cls": classification.item(), "nll": spread.item()}
+    return loss, parts
 
 
 def _schedule(config: TrainConfig):

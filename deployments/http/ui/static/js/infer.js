@@ -15,6 +15,8 @@ const ESTIMATES = [  // what the PINN reports with percentiles; keys of predicti
   { key: "M_vir", label: "M_vir (M☉)", log: true },
   { key: "r_s", label: "r_s (kpc)" },
   { key: "ellipticity", label: "e" },
+  { key: "center_x_kpc", label: "centre x (kpc)" },
+  { key: "center_y_kpc", label: "centre y (kpc)" },
 ];
 const GEOMETRY = ["fov_kpc", "z_lens", "z_source"];
 
@@ -22,7 +24,8 @@ const GEOMETRY = ["fov_kpc", "z_lens", "z_source"];
 function fromCards(cards) {
   const geometry = { fov_kpc: cards.FOVKPC, z_lens: cards.Z_LENS, z_source: cards.Z_SOURCE };
   const arcsecPerKpc = cards.PIXASEC && cards.PIXKPC ? cards.PIXASEC / cards.PIXKPC : null;
-  const truth = cards.M_VIR ? { M_vir: cards.M_VIR, r_s: cards.R_S, ellipticity: cards.ELLIP } : null;
+  const truth = cards.M_VIR ? { M_vir: cards.M_VIR, r_s: cards.R_S, ellipticity: cards.ELLIP,
+    center_x_kpc: cards.CENX_KPC ?? 0, center_y_kpc: cards.CENY_KPC ?? 0 } : null;
   return { geometry, arcsecPerKpc, truth };
 }
 
@@ -48,6 +51,9 @@ export async function residualMap(openapi, kappa, geometry, estimate) {
     mass: clamp(estimate.M_vir, bound("mass")), scale_radius: clamp(estimate.r_s, bound("scale_radius")),
     ellipticity: clamp(estimate.ellipticity, bound("ellipticity")),
     position_angle: clamp(estimate.position_angle ?? 0, bound("position_angle")),
+    // the synthetic centre must lie within half the field of view
+    center_x_kpc: clamp(estimate.center_x_kpc ?? 0, { min: -geometry.fov_kpc / 2, max: geometry.fov_kpc / 2 }),
+    center_y_kpc: clamp(estimate.center_y_kpc ?? 0, { min: -geometry.fov_kpc / 2, max: geometry.fov_kpc / 2 }),
   };
   const model = (await api("api/v1/synthetic", { method: "POST", json: spec })).convergence_map;
   const residual = kappa.map((row, i) => row.map((v, j) => v - model[i][j]));
@@ -183,7 +189,8 @@ export function setupInfer(panel, ctx) {
       el("h3", {}, `Scenario: ${r.predicted_class}`), classBars(r.classification, r.predicted_class),
       el("p", {}, `Predictive entropy ${num(r.entropy)} nats (at most ln ${Object.keys(r.classification).length} = ` +
         `${num(Math.log(Object.keys(r.classification).length))}); mutual information ${num(r.mutual_information)} nats ` +
-        `(the part due to model uncertainty); ${r.mc_samples} MC samples, seed ${r.seed}.`));
+        `(the part due to model uncertainty); ${r.mc_samples} MC samples, seed ${r.seed}. "none": no detectable ` +
+        `substructure. Noise σ ${num(r.noise_sigma)} per pixel (${r.noise_sigma_source}).`));
     refineButton.disabled = run.series.length > 1;
     if (run.series.length === 1) refineStatus.textContent = "";
     if (!input.kappa) {

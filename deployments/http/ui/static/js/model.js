@@ -5,7 +5,8 @@
 import { api } from "./api.js";
 import { el, num, percent } from "./format.js";
 
-const COVERED = [["log10_M_vir", "M_vir"], ["log10_r_s", "r_s"], ["ellipticity", "e"]];
+const COVERED = [["log10_M_vir", "M_vir"], ["log10_r_s", "r_s"], ["ellipticity", "e"], ["center_x_kpc", "x_c"],
+  ["center_y_kpc", "y_c"]];
 
 /** [label, block] of every held-out set and mode (the headline block when the card has no sets). */
 function metricBlocks(metrics) {
@@ -23,10 +24,13 @@ function table(caption, head, rows) {
 
 function accuracy(blocks) {
   return table("Accuracy on held-out maps (never seen in training)",
-    ["set", "maps", "median |Δlog₁₀ M|", "median |Δr_s|/r_s", "median |Δe|", "scenario accuracy"],
+    ["set", "maps", "median |Δlog₁₀ M|", "median |Δr_s|/r_s", "median |Δe|", "median |Δcentre| (kpc)",
+      "scenario accuracy", "smooth maps reported as none"],
     blocks.map(([label, b]) => [label, String(b.n_maps ?? "–"), num(b.median_abs_dlog10_M), num(b.median_rel_err_rs),
-      num(b.median_abs_de), b.scenario_accuracy != null
-        ? `${percent(b.scenario_accuracy)}${b.scenario_accuracy_stderr != null ? ` ± ${percent(b.scenario_accuracy_stderr)}` : ""}` : "–"]));
+      num(b.median_abs_de), b.median_abs_dcenter_kpc != null ? num(b.median_abs_dcenter_kpc) : "–",
+      b.scenario_accuracy != null
+        ? `${percent(b.scenario_accuracy)}${b.scenario_accuracy_stderr != null ? ` ± ${percent(b.scenario_accuracy_stderr)}` : ""}` : "–",
+      b.none_rate_on_smooth != null ? percent(b.none_rate_on_smooth) : "–"]));
 }
 
 function coverage(blocks) {

@@ -1,0 +1,30 @@
+"""Which calibration factors a map's intervals use: its noise bin and whether it is reported as "none".
+
+The raw spread (MC Dropout and learned) follows each map, but not in proportion to its error: one k on
+the whole training mixture over-covered clean maps and under-covered noisy ones, and one k per noise bin
+still over-covered smooth hosts, because three maps in four carry substructure and set k for all. So k is
+fitted, and applied, per group: the map's noise bin (sigma per pixel at the network's input resolution,
+given or estimated) crossed with the class the map is reported as ("none": no detectable substructure,
+or "substructure": any scenario). Both are known at inference time, from the map alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE
+
+NOISE_BIN_EDGES = (0.0025, 0.0075, 0.015)  # clean (below the first edge), low, moderate, high
+GROUPS = (NO_SUBSTRUCTURE, "substructure")
+
+
+def noise_bin(sigma_at_input, edges: Sequence[float] = NOISE_BIN_EDGES) -> np.ndarray:
+    """Index (B,) of each map's noise bin: 0 below the first edge, len(edges) above the last."""
+    return np.searchsorted(np.asarray(edges, dtype=float), np.asarray(sigma_at_input, dtype=float), side="right")
+
+
+def reported_none(class_probs: np.ndarray) -> np.ndarray:
+    """(B,) True where the most probable class is "none"."""
+    return np.asarray(class_probs).argmax(axis=1) == CLASS_NAMES.index(NO_SUBSTRUCTURE)
