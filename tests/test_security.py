@@ -315,8 +315,9 @@ def test_client_generates_infers_and_runs_a_batch(secured, tmp_path):
     assert same_predictions(stack["results"][0], single)
     path = tmp_path / "halo.fits"
     client.synthetic_fits(path, mass=2e12, scale_radius=150.0, seed=4)
-    from_file = client.infer(path, mc_samples=10, seed=7)
-    assert same_predictions(from_file, single)
+    from_file = client.infer(path, mc_samples=10, seed=7)  # the FITS NOISE card (0) gives the noise
+    assert from_file["noise_sigma_source"] == "given" and from_file["noise_sigma"] == 0.0
+    assert same_predictions(from_file, client.infer(kappa, mc_samples=10, seed=7, noise_sigma=0.0))
     batch = client.batch(synthetic=[{"mass": 1e12}, {"mass": 5e12}], mc_samples=5)
     status = client.wait(batch["batch_id"], timeout=120, progress=False)
     assert status["status"] == "completed" and status["progress"] == 100.0

@@ -507,8 +507,11 @@ def test_batch_job_of_job_ids_specs_and_maps(live):
     results = status["results"]
     assert [r["source"] for r in results] == ["job", "synthetic", "synthetic", "map"]
     assert results[0]["result"]["truth"]["M_vir"] == 4e12 and results[2]["result"]["truth"]["scenario"] == "WDM"
-    # the job-id item regenerated exactly the earlier map: same map + same seed as the map item -> same result
-    direct = infer(live, np.array(earlier["convergence_map"]), mc_samples=10, seed=7)
+    # the job-id item regenerated exactly the earlier map, whose noise (none) the service knows: the same
+    # map with noise_sigma 0 and the same seed gives the same result; the bare map item's noise is estimated
+    assert results[0]["result"]["noise_sigma_source"] == "given" and results[0]["result"]["noise_sigma"] == 0.0
+    assert results[3]["result"]["noise_sigma_source"] == "estimated"
+    direct = infer(live, np.array(earlier["convergence_map"]), mc_samples=10, seed=7, noise_sigma=0.0)
     assert_same_result(results[0]["result"], direct)
     assert results[3]["result"]["seed"] == 10
     item = requests.get(live.url(f"/api/v1/jobs/{ack['job_ids'][1]}")).json()

@@ -126,7 +126,7 @@ def test_class_descriptions_come_from_the_card(pool_info):
     described = pool_info | {"class_descriptions": {"CDM": "cold dark matter", "SIDM": "self-interacting"}}
     classes = model_summary(described).model_dump()["classes"]
     assert classes == [{"name": "CDM", "description": "cold dark matter"}, {"name": "WDM", "description": None},
-                       {"name": "SIDM", "description": "self-interacting"}]
-    listed = pool_info | {"class_descriptions": ["cold", "warm", "self-interacting"]}
+                       {"name": "SIDM", "description": "self-interacting"}, {"name": "none", "description": None}]
+    listed = pool_info | {"class_descriptions": ["cold", "warm", "self-interacting", "no substructure"]}
     assert [c["description"] for c in model_summary(listed).model_dump()["classes"]] == [
-        "cold", "warm", "self-interacting"]
+        "cold", "warm", "self-interacting", "no substructure"]
