@@ -40,6 +40,7 @@ SCENARIO_CLASS = {name: index for index, name in enumerate(SCENARIOS)}
 # its index in SCENARIOS.
 NO_SUBSTRUCTURE = "none"
 CLASS_NAMES = (*SCENARIOS, NO_SUBSTRUCTURE)
+NONE_CLASS = CLASS_NAMES.index(NO_SUBSTRUCTURE)
 CLASS_DESCRIPTIONS = {
     "CDM": "cold dark matter: many subhalos, down to the smallest masses drawn",
     "WDM": "warm dark matter: subhalos below the half-mode mass suppressed, so few small ones",

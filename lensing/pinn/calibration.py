@@ -23,7 +23,7 @@ from ..scenarios import NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
-from .interval_groups import GROUPS, NOISE_BIN_EDGES, noise_bin, reported_none
+from .interval_groups import NOISE_BIN_EDGES, SUBSTRUCTURE, group_members, noise_bin
 from .predictor import Predictor
 from .preprocess import noise_at_input
 
@@ -32,13 +32,13 @@ LEVELS = {"68": 0.6827, "95": 0.9545}
 MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one group and noise bin
 
 
-def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray, none: np.ndarray) -> dict:
+def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray,
+                    members: dict[str, np.ndarray]) -> dict:
     """{level: {group: {parameter: [k per noise bin]}}}, k the level-quantile of |error| / raw_std among the
     maps of that group and bin. A bin with fewer than MIN_GROUP_MAPS maps takes its group's k over all
     bins (the card's `group_maps` shows which), so that no map is left without an interval."""
     ratio = np.abs(errors) / np.clip(raw_std, 1e-12, None)
     n_bins = len(NOISE_BIN_EDGES) + 1
-    members = {NO_SUBSTRUCTURE: none, "substructure": ~none}
 
     def k(group: str, b: int, i: int, q: float) -> float:
         chosen = ratio[members[group] & (bins == b), i]
@@ -48,7 +48,7 @@ def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray, n
 
     return {
         level: {group: {name: [k(group, b, i, q) for b in range(n_bins)] for i, name in enumerate(REPORTED)}
-                for group in GROUPS}
+                for group in members}
         for level, q in LEVELS.items()
     }
 
@@ -63,7 +63,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     errors: dict[bool, list] = {False: [], True: []}
     spreads: dict[bool, list] = {False: [], True: []}
     noise: list[np.ndarray] = []
-    none: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
         batch = make_batch(size, rng, recipe)
@@ -75,13 +75,13 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
             result = raw.predict_batch(maps, geometry, CALIBRATION_SAMPLES, refine, list(range(start, start + size)))
             errors[refine].append(result.centre - truth)
             spreads[refine].append(result.half68)
+        # a map's group is the same in both modes: its noise and the network's class probabilities
         noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
-        none.append(reported_none(result.class_probs))
-    bins, smooth = noise_bin(np.concatenate(noise)), np.concatenate(none)
+        probs.append(result.class_probs)
+    bins, members = noise_bin(np.concatenate(noise)), group_members(np.concatenate(probs))
     fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]), bins,
-                                      smooth)
+                                      members)
               for refine in (False, True)}
-    group_maps = {NO_SUBSTRUCTURE: smooth, "substructure": ~smooth}
     return {
         "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e, centre kpc); spread = "
                   "sqrt(MC Dropout std^2 + learned per-map spread^2) (network) or Laplace std of the fit "
@@ -90,9 +90,9 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
         "noise_bin_edges": list(NOISE_BIN_EDGES),
         "noise_bin_variable": "noise sigma per pixel at the network's input resolution (given or estimated); "
                               "each k list has one entry per bin: below the first edge, between edges, above",
-        "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", "substructure": "all others"},
+        "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", SUBSTRUCTURE: "all others"},
         "group_maps": {group: np.bincount(bins[chosen], minlength=len(NOISE_BIN_EDGES) + 1).tolist()
-                       for group, chosen in group_maps.items()},
+                       for group, chosen in members.items()},
         "mc_samples": CALIBRATION_SAMPLES,
         "validation_maps": int(n_maps),
         "validation_seed": int(seed),

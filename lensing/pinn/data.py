@@ -15,11 +15,9 @@ import torch
 from ..cosmology import LensGeometry, lens_geometry
 from ..grid import DEFAULT_FOV_KPC
 from ..noise import estimate_noise_sigma
-from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE
+from ..scenarios import NONE_CLASS
 from ..synthetic import HostBatch, draw_batch_scenarios, generate_batch, sample_hosts
 from .encoding import theta_from_hosts
-
-NONE_CLASS = CLASS_NAMES.index(NO_SUBSTRUCTURE)
 
 
 @dataclass(frozen=True)

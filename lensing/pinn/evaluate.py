@@ -21,15 +21,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, SCENARIOS
+from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS, SCENARIOS
+from .calibration import LEVELS
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
-from .data import NONE_CLASS, DataRecipe, make_batch
+from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
 from .predictor import MapGeometry, Predictor
 
 OTHER_GEOMETRY = MapGeometry(fov_kpc=750.0, z_lens=0.35, z_source=1.2)
 CHUNK = 250
-NOMINAL = {"68": 0.6827, "95": 0.9545}
+NOMINAL = LEVELS  # the nominal coverage of the 68 % and 95 % intervals
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE
+from ..scenarios import NO_SUBSTRUCTURE, NONE_CLASS
 
 NOISE_BIN_EDGES = (0.0025, 0.0075, 0.015)  # clean (below the first edge), low, moderate, high
-GROUPS = (NO_SUBSTRUCTURE, "substructure")
+SUBSTRUCTURE = "substructure"  # the group of maps reported as any scenario
 
 
 def noise_bin(sigma_at_input, edges: Sequence[float] = NOISE_BIN_EDGES) -> np.ndarray:
@@ -25,6 +25,7 @@ def noise_bin(sigma_at_input, edges: Sequence[float] = NOISE_BIN_EDGES) -> np.nd
     return np.searchsorted(np.asarray(edges, dtype=float), np.asarray(sigma_at_input, dtype=float), side="right")
 
 
-def reported_none(class_probs: np.ndarray) -> np.ndarray:
-    """(B,) True where the most probable class is "none"."""
-    return np.asarray(class_probs).argmax(axis=1) == CLASS_NAMES.index(NO_SUBSTRUCTURE)
+def group_members(class_probs: np.ndarray) -> dict[str, np.ndarray]:
+    """{group: (B,) bool}: the maps reported as "none" (most probable class) and all others."""
+    none = np.asarray(class_probs).argmax(axis=1) == NONE_CLASS
+    return {NO_SUBSTRUCTURE: none, SUBSTRUCTURE: ~none}

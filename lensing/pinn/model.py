@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..scenarios import CLASS_NAMES
+from .encoding import N_THETA, REPORTED
+
 
 @dataclass(frozen=True)
 class PINNConfig:
@@ -31,9 +34,9 @@ class PINNConfig:
     detail_widths: tuple[int, ...] = ()  # empty: no substructure branch (the 1.0 architecture)
     head_hidden: int = 256
     dropout: float = 0.1
-    n_theta: int = 6  # encoding.N_THETA
-    n_spreads: int = 5  # one learned spread per reported quantity (encoding.REPORTED)
-    n_classes: int = 4  # scenarios.CLASS_NAMES
+    n_theta: int = N_THETA
+    n_spreads: int = len(REPORTED)  # one learned spread per reported quantity
+    n_classes: int = len(CLASS_NAMES)
 
     def to_dict(self) -> dict:
         return asdict(self)

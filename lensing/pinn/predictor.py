@@ -31,7 +31,7 @@ from ..cosmology import MapGeometry
 from ..halo import r200_from_mass
 from ..limits import INFERENCE_NOISE_SIGMA, MC_SAMPLES, InputError, check_integer, check_maps
 from ..noise import estimate_noise_sigma
-from ..scenarios import CLASS_DESCRIPTIONS, CLASS_NAMES, NO_SUBSTRUCTURE
+from ..scenarios import CLASS_DESCRIPTIONS, CLASS_NAMES
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
 from .encoding import (
     REPORTED,
@@ -41,7 +41,7 @@ from .encoding import (
     reported_std_from_covariance,
     spread_units,
 )
-from .interval_groups import noise_bin, reported_none
+from .interval_groups import group_members, noise_bin
 from .model import PINN
 from .preprocess import noise_at_input, noise_feature, prepare_input
 from .refine import refine_theta
@@ -211,10 +211,8 @@ class Predictor:
         half68 = half95 = None
         if mc_samples > 1 or refine:
             widest = UNCONSTRAINED_SPREAD * spread_units(geometry.fov_kpc)
-            sigma_at_input = noise_at_input(sigma, array.shape[-1], size)
-            half68, half95 = (np.minimum(self._scales(level, refine, sigma_at_input, summary.class_probs) * spread,
-                                         widest)
-                              for level in ("68", "95"))
+            scales = self._scales(refine, noise_at_input(sigma, array.shape[-1], size), summary.class_probs)
+            half68, half95 = (np.minimum(scales[level] * spread, widest) for level in ("68", "95"))
         angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
         values, uncertainties = _physical(centre, half68, half95, angle, geometry)
         if uncertainties is not None:
@@ -234,18 +232,19 @@ class Predictor:
             refined=bool(refine),
         )
 
-    def _scales(self, level: str, refine: bool, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
-        """Calibration factors k (B, one per REPORTED quantity) of a level and mode, each map's from its group
+    def _scales(self, refine: bool, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> dict[str, np.ndarray]:
+        """{level: calibration factors k (B, one per REPORTED quantity)} of a mode, each map's from its group
         (`interval_groups`: noise bin, reported as "none" or not); ones without calibration."""
         if not self.calibration:
-            return np.ones((len(sigma_at_input), len(REPORTED)))
-        by_group = self.calibration["refined" if refine else "network"][level]
+            return {level: np.ones((len(sigma_at_input), len(REPORTED))) for level in ("68", "95")}
         bins = noise_bin(sigma_at_input, self.calibration["noise_bin_edges"])
-        none = reported_none(class_probs)
-        scales = np.empty((len(bins), len(REPORTED)))
-        for group, members in ((NO_SUBSTRUCTURE, none), ("substructure", ~none)):
-            per_bin = np.array([by_group[group][name] for name in REPORTED]).T  # (bins, REPORTED)
-            scales[members] = per_bin[bins[members]]
+        members = group_members(class_probs)
+        scales = {}
+        for level, by_group in self.calibration["refined" if refine else "network"].items():
+            scales[level] = np.empty((len(bins), len(REPORTED)))
+            for group, chosen in members.items():
+                per_bin = np.array([by_group[group][name] for name in REPORTED]).T  # (bins, REPORTED)
+                scales[level][chosen] = per_bin[bins[chosen]]
         return scales
 
     def predict(

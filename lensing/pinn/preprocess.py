@@ -2,12 +2,15 @@
 
 Two asinh channels (linear below their softening scale, logarithmic above) keep both the faint outskirts
 and the cusp visible and tolerate zero or negative pixels from noise; a third channel holds the radius
-from the map centre (CoordConv), since halos are centred by convention. Maps of any square size are
+from the map centre (CoordConv), where the network's locator puts the halo's peak. Maps of any square size are
 resampled to the network's input size in the normalised space (bilinear, antialiased when shrinking).
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +18,7 @@ from ..render import unit_grid
 
 SOFTENING = (3e-4, 3e-2)
 CHANNEL_SCALE = (9.0, 5.0)
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor, float)
 NOISE_FLOOR = 1e-4  # noise below this is "noiseless" for the network's noise feature
 
 
@@ -44,7 +48,6 @@ def noise_feature(sigma: torch.Tensor, map_side: int, size: int) -> torch.Tensor
     return ((torch.log10(noise_at_input(sigma, map_side, size) + NOISE_FLOOR) + 2.5) / 1.5)[:, None].float()
 
 
-def noise_at_input(sigma, map_side: int, size: int):
+def noise_at_input(sigma: ArrayOrTensor, map_side: int, size: int) -> ArrayOrTensor:
     """Per-pixel noise sigma of an N-pixel map once shrunk to the network's `size` (arrays or tensors)."""
     return sigma / max(1.0, map_side / size)
-
