@@ -62,9 +62,9 @@ def encoder_gflops(predictor: Predictor, batch: int) -> tuple[float, float]:
     with torch.inference_mode():
         counter = FlopCounterMode(display=False)
         with counter:
-            model.encoder(x)
+            model.encoder(x, x)
         flops = counter.get_total_flops()
-        seconds = best_time(lambda: model.encoder(x), repeats=15)
+        seconds = best_time(lambda: model.encoder(x, x), repeats=15)
     return flops / 1e9, flops / seconds / 1e9
 
 

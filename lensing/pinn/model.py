@@ -32,6 +32,7 @@ class PINNConfig:
     feature_dim: int = 256
     profile_bins: int = 24
     detail_widths: tuple[int, ...] = ()  # empty: no substructure branch (the 1.0 architecture)
+    detail_channels: int = 1  # asinh channels the substructure branch reads (1: the log-like one; 2: both)
     head_hidden: int = 256
     dropout: float = 0.1
     n_theta: int = N_THETA
@@ -90,26 +91,28 @@ class RadialProfile(nn.Module):
 
 
 class SubstructureBranch(nn.Module):
-    """Small-scale structure: a high-pass of the log-like kappa channel, a full-resolution CNN, pooling.
+    """Small-scale structure: a high-pass of the asinh kappa channels, a full-resolution CNN, pooling.
 
     Subhalos are one-pixel bumps on a host that spans decades; subtracting a fixed Gaussian blur (sigma
     one pixel) removes the host and leaves the bumps, which the stride-4 stem of the main encoder would
-    average away. Normalisation is per map (GroupNorm with one group), so noisy maps in a batch do not
-    swamp the faint bumps of clean ones. Mean and max pooling read out how many bumps there are and how
-    strong the largest is: what separates CDM (many small subhalos) from WDM (few).
+    average away. With two channels it sees each bump both relative to the host (the log-like channel)
+    and in absolute kappa (the channel that stays linear up to ~0.03), which tracks the subhalo's mass.
+    Normalisation is per map (GroupNorm with one group), so noisy maps in a batch do not swamp the faint
+    bumps of clean ones. Mean and max pooling read out how many bumps there are and how strong the
+    largest is: what separates CDM (many small subhalos) from WDM (few).
     """
 
     BLUR_SIGMA_PX = 1.0
     blur: torch.Tensor  # (1, 1, 5, 5) Gaussian kernel buffer
 
-    def __init__(self, widths: tuple[int, ...]) -> None:
+    def __init__(self, widths: tuple[int, ...], channels: int = 1) -> None:
         super().__init__()
         offsets = torch.arange(-2, 3, dtype=torch.float64)
         kernel_1d = torch.exp(-0.5 * (offsets / self.BLUR_SIGMA_PX) ** 2)
         kernel = torch.outer(kernel_1d, kernel_1d)
         self.register_buffer("blur", (kernel / kernel.sum()).float()[None, None], persistent=False)
         layers: list[nn.Module] = []
-        previous = 1
+        previous = channels
         for index, width in enumerate(widths):
             stride = 1 if index == 0 else 2
             layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(1, width),
@@ -119,10 +122,11 @@ class SubstructureBranch(nn.Module):
         self.project = nn.Linear(2 * previous, previous)
         self.out_dim = previous
 
-    def forward(self, log_kappa: torch.Tensor) -> torch.Tensor:
-        """(B, 1, N, N) log-like channel -> (B, out_dim) features."""
-        smooth = F.conv2d(F.pad(log_kappa, (2, 2, 2, 2), mode="replicate"), self.blur)
-        y = self.body(log_kappa - smooth)
+    def forward(self, kappa_channels: torch.Tensor) -> torch.Tensor:
+        """(B, C, N, N) asinh channels -> (B, out_dim) features."""
+        blur = self.blur.expand(kappa_channels.shape[1], 1, -1, -1)
+        smooth = F.conv2d(F.pad(kappa_channels, (2, 2, 2, 2), mode="replicate"), blur, groups=kappa_channels.shape[1])
+        y = self.body(kappa_channels - smooth)
         return F.gelu(self.project(torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(2, 3))], dim=1)))
 
 
@@ -196,6 +200,11 @@ class Encoder(nn.Module):
     """Patchify stem (stride 4), residual stages with 2x downsampling, flatten; plus the radial profile
     and, when configured, the substructure branch.
 
+    The substructure branch reads the map as it came, not the locator's output: its convolutions and
+    global pooling do not need a centred halo, and the locator's sub-pixel (bilinear) shift would average
+    each one-pixel subhalo bump with its neighbours (measured: +1.7 points of scenario accuracy in a short
+    trial when the branch saw whole pixels).
+
     Convolutional features and the ring means of the kappa channels are merged by a linear layer; the
     substructure features are appended to them (`out_dim` = feature_dim + the branch's width).
     """
@@ -219,15 +228,17 @@ class Encoder(nn.Module):
         profile_dim = (config.in_channels - 1) * config.profile_bins  # the radius channel is not profiled
         self.profile_mlp = nn.Sequential(nn.Linear(profile_dim, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU())
         self.features = nn.Linear(widths[-1] * side * side + 256, config.feature_dim)
-        self.detail = SubstructureBranch(config.detail_widths) if config.detail_widths else None
+        self.detail = SubstructureBranch(config.detail_widths, config.detail_channels) if config.detail_widths else None
+        self.detail_channels = config.detail_channels
         self.out_dim = config.feature_dim + (self.detail.out_dim if self.detail is not None else 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        profile = self.profile_mlp(self.profile(x[:, :-1]))
-        features = F.gelu(self.features(torch.cat([self.body(x).flatten(1), profile], dim=1)))
+    def forward(self, centred: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """Features of the locator's centred input; the substructure branch reads the raw input instead."""
+        profile = self.profile_mlp(self.profile(centred[:, :-1]))
+        features = F.gelu(self.features(torch.cat([self.body(centred).flatten(1), profile], dim=1)))
         if self.detail is None:
             return features
-        return torch.cat([features, self.detail(x[:, :1])], dim=1)
+        return torch.cat([features, self.detail(raw[:, : self.detail_channels])], dim=1)
 
 
 class StochasticHead(nn.Module):
@@ -275,7 +286,7 @@ class PINN(nn.Module):
         centred, offset = self.locator(x)
         # the noise feature first: a fine-tune that appends encoder features (a substructure branch) keeps
         # the source head's columns in front (checkpoint.load_pretrained)
-        return torch.cat([noise, self.encoder(centred)], dim=1), offset
+        return torch.cat([noise, self.encoder(centred, x)], dim=1), offset
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor):
         features, offset = self.features(x, noise)
