@@ -202,8 +202,7 @@ class Encoder(nn.Module):
 
     The substructure branch reads the map as it came, not the locator's output: its convolutions and
     global pooling do not need a centred halo, and the locator's sub-pixel (bilinear) shift would average
-    each one-pixel subhalo bump with its neighbours (measured: +1.7 points of scenario accuracy in a short
-    trial when the branch saw whole pixels).
+    each one-pixel subhalo bump with its neighbours (docs/design.md section 5 has the trials).
 
     Convolutional features and the ring means of the kappa channels are merged by a linear layer; the
     substructure features are appended to them (`out_dim` = feature_dim + the branch's width).
