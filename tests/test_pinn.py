@@ -206,6 +206,27 @@ def test_off_centre_halos_are_located(predictor):
     _no_worse_than_card(block, _card_block(predictor, "off_centre"), ("median_abs_dlog10_M", "median_rel_err_rs"))
 
 
+def test_substructure_branch_reads_the_unshifted_map(predictor):
+    """The substructure branch sees the map's own pixels, not the locator's sub-pixel (bilinear) shifted copy,
+    which would average every one-pixel subhalo bump with its neighbours; the main encoder sees the shift."""
+    from lensing.pinn.data import DataRecipe, make_batch
+
+    model = predictor.model
+    batch = make_batch(8, np.random.default_rng(11), DataRecipe(), noise_sigma=0.0, scenario_fraction=1.0,
+                       max_offset=0.1)
+    x = prepare_input(batch.maps, model.config.input_size)
+    noise = noise_feature(torch.zeros(8), x.shape[-1], model.config.input_size)
+    with torch.inference_mode():
+        features, offset = model.features(x, noise)
+        centred, _ = model.locator(x)
+        from_raw = model.encoder.detail(x[:, : model.config.detail_channels])
+        from_centred = model.encoder.detail(centred[:, : model.config.detail_channels])
+    width = model.encoder.detail.out_dim
+    assert float(offset.abs().max()) * model.config.input_size > 1.0  # these halos are shifted by pixels
+    assert torch.allclose(features[:, -width:], from_raw, atol=1e-6)
+    assert not torch.allclose(features[:, -width:], from_centred, atol=1e-3)
+
+
 def test_locator_puts_the_peak_on_the_centre():
     """The fixed locator (no weights) finds the host's peak to a fraction of a pixel on clean maps."""
     from lensing.pinn.data import DataRecipe, make_batch
