@@ -19,8 +19,9 @@ from lensing.pinn.checkpoint import (
     load_pretrained,
     load_weights,
 )
+from lensing.pinn.data import DataRecipe, make_batch
 from lensing.pinn.evaluate import EVALUATION_SETS, NOMINAL, evaluate, run_set, summarise_set
-from lensing.pinn.model import PINN, PINNConfig
+from lensing.pinn.model import PINN, Locator, PINNConfig
 from lensing.pinn.predictor import MapGeometry, Predictor
 from lensing.pinn.preprocess import noise_feature, prepare_input
 from lensing.pinn.refine import THETA_BOX, refine_theta
@@ -209,8 +210,6 @@ def test_off_centre_halos_are_located(predictor):
 def test_substructure_branch_reads_the_unshifted_map(predictor):
     """The substructure branch sees the map's own pixels, not the locator's sub-pixel (bilinear) shifted copy,
     which would average every one-pixel subhalo bump with its neighbours; the main encoder sees the shift."""
-    from lensing.pinn.data import DataRecipe, make_batch
-
     model = predictor.model
     batch = make_batch(8, np.random.default_rng(11), DataRecipe(), noise_sigma=0.0, scenario_fraction=1.0,
                        max_offset=0.1)
@@ -219,8 +218,8 @@ def test_substructure_branch_reads_the_unshifted_map(predictor):
     with torch.inference_mode():
         features, offset = model.features(x, noise)
         centred, _ = model.locator(x)
-        from_raw = model.encoder.detail(x[:, : model.config.detail_channels])
-        from_centred = model.encoder.detail(centred[:, : model.config.detail_channels])
+        from_raw = model.encoder.detail(x)
+        from_centred = model.encoder.detail(centred)
     width = model.encoder.detail.out_dim
     assert float(offset.abs().max()) * model.config.input_size > 1.0  # these halos are shifted by pixels
     assert torch.allclose(features[:, -width:], from_raw, atol=1e-6)
@@ -229,9 +228,6 @@ def test_substructure_branch_reads_the_unshifted_map(predictor):
 
 def test_locator_puts_the_peak_on_the_centre():
     """The fixed locator (no weights) finds the host's peak to a fraction of a pixel on clean maps."""
-    from lensing.pinn.data import DataRecipe, make_batch
-    from lensing.pinn.model import Locator
-
     batch = make_batch(64, np.random.default_rng(5), DataRecipe(), noise_sigma=0.0, scenario_fraction=0.0,
                        max_offset=0.1)
     centred, offset = Locator()(prepare_input(batch.maps, 64))

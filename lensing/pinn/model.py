@@ -107,6 +107,7 @@ class SubstructureBranch(nn.Module):
 
     def __init__(self, widths: tuple[int, ...], channels: int = 1) -> None:
         super().__init__()
+        self.channels = channels
         offsets = torch.arange(-2, 3, dtype=torch.float64)
         kernel_1d = torch.exp(-0.5 * (offsets / self.BLUR_SIGMA_PX) ** 2)
         kernel = torch.outer(kernel_1d, kernel_1d)
@@ -122,11 +123,12 @@ class SubstructureBranch(nn.Module):
         self.project = nn.Linear(2 * previous, previous)
         self.out_dim = previous
 
-    def forward(self, kappa_channels: torch.Tensor) -> torch.Tensor:
-        """(B, C, N, N) asinh channels -> (B, out_dim) features."""
-        blur = self.blur.expand(kappa_channels.shape[1], 1, -1, -1)
-        smooth = F.conv2d(F.pad(kappa_channels, (2, 2, 2, 2), mode="replicate"), blur, groups=kappa_channels.shape[1])
-        y = self.body(kappa_channels - smooth)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input (B, C, N, N) -> (B, out_dim) features of its first `channels` (asinh) channels."""
+        kappa = x[:, : self.channels]
+        blur = self.blur.expand(self.channels, 1, -1, -1)
+        smooth = F.conv2d(F.pad(kappa, (2, 2, 2, 2), mode="replicate"), blur, groups=self.channels)
+        y = self.body(kappa - smooth)
         return F.gelu(self.project(torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(2, 3))], dim=1)))
 
 
@@ -228,7 +230,6 @@ class Encoder(nn.Module):
         self.profile_mlp = nn.Sequential(nn.Linear(profile_dim, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU())
         self.features = nn.Linear(widths[-1] * side * side + 256, config.feature_dim)
         self.detail = SubstructureBranch(config.detail_widths, config.detail_channels) if config.detail_widths else None
-        self.detail_channels = config.detail_channels
         self.out_dim = config.feature_dim + (self.detail.out_dim if self.detail is not None else 0)
 
     def forward(self, centred: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
@@ -237,7 +238,7 @@ class Encoder(nn.Module):
         features = F.gelu(self.features(torch.cat([self.body(centred).flatten(1), profile], dim=1)))
         if self.detail is None:
             return features
-        return torch.cat([features, self.detail(raw[:, : self.detail_channels])], dim=1)
+        return torch.cat([features, self.detail(raw)], dim=1)
 
 
 class StochasticHead(nn.Module):
