@@ -133,7 +133,7 @@ class SubstructureBranch(nn.Module):
 
 
 class Locator(nn.Module):
-    """Peak of the blurred cusp channel (sub-pixel, parabolic) and the map shifted to put it at the centre.
+    """Peak of the blurred cusp channel (sub-pixel: a 2-D quadratic fit) and the map shifted to put it at the centre.
 
     The blur (sigma 2.5 px, zero padding so that noise at the border cannot win) keeps single-pixel noise
     and subhalos from winning the argmax; the shift is bilinear with border padding and at most MAX_SHIFT
@@ -171,18 +171,21 @@ class Locator(nn.Module):
         band = self._blur_matrix(size).to(channel.device)
         smooth = band @ channel[:, 0].double() @ band
         index = smooth.flatten(1).argmax(dim=1)
-        row, col = index // size, index % size
+        # the 3 x 3 stencil around the brightest pixel (moved inside the map when that pixel is on its edge)
+        row, col = (index // size).clamp(1, size - 2), (index % size).clamp(1, size - 2)
         batch = torch.arange(channel.shape[0], device=channel.device)
-
-        def vertex(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
-            curvature = minus - 2 * centre + plus
-            step = 0.5 * (minus - plus) / torch.where(curvature < 0, curvature, -torch.ones_like(curvature))
-            return step.clamp(-0.5, 0.5)
-
-        clamp = lambda i: i.clamp(0, size - 1)  # noqa: E731
-        centre = smooth[batch, row, col]
-        dx = vertex(smooth[batch, row, clamp(col - 1)], centre, smooth[batch, row, clamp(col + 1)])
-        dy = vertex(smooth[batch, clamp(row - 1), col], centre, smooth[batch, clamp(row + 1), col])
+        value = lambda dr, dc: smooth[batch, row + dr, col + dc]  # noqa: E731
+        # vertex of the quadratic surface through the stencil: gradient g, Hessian H, step = -H^-1 g. The
+        # cross term matters: a tilted elliptical peak's maximum along a pixel row is not the peak itself
+        gx, gy = 0.5 * (value(0, 1) - value(0, -1)), 0.5 * (value(1, 0) - value(-1, 0))
+        hxx = value(0, 1) - 2 * value(0, 0) + value(0, -1)
+        hyy = value(1, 0) - 2 * value(0, 0) + value(-1, 0)
+        hxy = 0.25 * (value(1, 1) - value(1, -1) - value(-1, 1) + value(-1, -1))
+        det = hxx * hyy - hxy**2
+        is_maximum = (det > 0) & (hxx < 0)  # else (a flat or saddle-shaped stencil): the pixel itself
+        det = torch.where(is_maximum, det, torch.ones_like(det))
+        dx = torch.where(is_maximum, (hxy * gy - hyy * gx) / det, torch.zeros_like(det)).clamp(-1.0, 1.0)
+        dy = torch.where(is_maximum, (hxy * gx - hxx * gy) / det, torch.zeros_like(det)).clamp(-1.0, 1.0)
         position = torch.stack([col + dx, row + dy], dim=1).to(channel.dtype)
         return ((position - (size - 1) / 2) / size).clamp(-self.MAX_SHIFT, self.MAX_SHIFT)
 
