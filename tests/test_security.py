@@ -20,6 +20,7 @@ from deployments.http.errors import install_handlers
 from deployments.http.security import KeyStore, RateLimiter, TokenBucket, parse_entries
 from deployments.settings import AppSettings, RateLimitSettings, SecuritySettings
 from harness.serve import MIB, LiveService, deployed, wait_until
+from tests.rounding import close_up_to_round_off
 
 KEY_FILE_RAW = "raw-key-in-file-0123456789"
 KEY_FILE_HASHED = "hashed-key-in-file-0123456789"
@@ -294,9 +295,8 @@ def test_open_paths_are_limited_per_client_address(secured):
 
 
 def same_predictions(a: dict, b: dict) -> bool:
-    """Equal up to float32 round-off; a round halo's position angle is ill-posed and gets 0.01 degree."""
-    return all(a["predictions"][name] == pytest.approx(value, rel=1e-5, abs=1e-2 if name == "position_angle" else 0)
-               for name, value in b["predictions"].items())
+    """Equal up to float32 round-off (`tests/rounding.py`)."""
+    return all(close_up_to_round_off(name, a["predictions"][name], value) for name, value in b["predictions"].items())
 
 
 @pytest.mark.slow  # a deployed app

@@ -36,6 +36,7 @@ from harness.serve import (
 )
 from lensing.io import from_fits_bytes
 from lensing.synthetic import MapRequest, generate_map
+from tests.rounding import close_up_to_round_off
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -76,18 +77,14 @@ def npy_bytes(array) -> bytes:
 
 
 def assert_same_result(a: dict, b: dict) -> None:
-    """Equal up to float32 round-off: torch may pick other kernels for other batch shapes (~1e-7 of each
-    network output's scale, so an absolute 1e-6 for values near zero such as a small ellipticity, and 1e-3
-    kpc for the centre, whose network output is in units of the 1000-kpc field; the position angle is
-    ill-posed as e -> 0 and gets 0.01 degree)."""
+    """Equal up to float32 round-off (`tests/rounding.py`)."""
     for key in ("predictions", "uncertainties", "classification"):
         if a[key] is None or b[key] is None:
             assert a[key] is b[key] is None, key
             continue
         assert a[key].keys() == b[key].keys(), key
         for name, value in a[key].items():
-            tolerance = 1e-2 if name.startswith("position_angle") else 1e-3 if name.startswith("center_") else 1e-6
-            assert value == pytest.approx(b[key][name], rel=1e-5, abs=tolerance), (key, name)
+            assert close_up_to_round_off(name, value, b[key][name]), (key, name, value, b[key][name])
 
 
 def predictor_settings() -> dict:
