@@ -79,16 +79,23 @@ class PostgresServer:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        kwargs: dict = {}
-        if os.geteuid() == 0:
-            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
         env = {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.root), "LC_ALL": "C.UTF-8", "PGTZ": "UTC"}
-        result = subprocess.run([str(self.bin / args[0]), *args[1:]], cwd=self.root, env=env, capture_output=True,
-                                text=True, timeout=timeout, **kwargs)
+        result = subprocess.run([*self._as_server_user(), str(self.bin / args[0]), *args[1:]], cwd=self.root,
+                                env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stdout}{result.stderr}"
                                f"{self._log_tail()}")
         return result
+
+    def _as_server_user(self) -> list[str]:
+        """The prefix that drops root to the server's user: util-linux's `setpriv`, not subprocess's `user=`.
+
+        With `user=` Python must fork() instead of vfork(), and fork() runs the atfork handlers of the gRPC
+        library Ray loads into the test process; one of them, racing the child closing its fds, aborted
+        initdb (-6, "epoll_wait error: Bad file descriptor") in a CI run. `setpriv` changes user after exec."""
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups", "--"]
 
     def _log_tail(self) -> str:
         log = self.root / "server.log"
