@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,11 @@ def test_grid_sampling_covers_every_point_once_per_repeat() -> None:
     np.testing.assert_allclose(sorted({p[0] for p in points}), [1e11, 10**12.5, 1e14])
     np.testing.assert_allclose(sorted({p[2] for p in points}), [0.0, 0.5])
     assert {p[3] for p in points} == {"none", "SIDM"}
+
+
+def test_the_sweep_driver_starts_without_torch() -> None:
+    """The driver validates the config and asks for the workers before they load torch; importing torch itself
+    (2 s of a 2-core machine) would sit on the job's critical path. Only the worker actors import it."""
+    probe = "import sys, cluster.sweep, cluster.sweep_ray, cluster.sweep_report; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
