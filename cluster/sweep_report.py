@@ -36,6 +36,7 @@ NOMINAL = {"68": 0.6827, "95": 0.9545}
 COVERAGE_TOLERANCE = {"68": 0.05, "95": 0.03}
 N_BINS = 4
 PLOTS = ("errors.png", "coverage.png", "confusion.png")
+MAX_SCATTER_POINTS = 5_000  # dots per panel of errors.png (its binned medians use every map)
 
 
 def _float(value: float) -> float | None:
@@ -183,20 +184,25 @@ def summarize(table: pa.Table, config: SweepConfig, model: dict, failed: list[di
 
 def _png(figure: plt.Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=110)  # the figures lay out themselves ("constrained"): one draw
     plt.close(figure)
     return buffer.getvalue()
 
 
 def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
-    """Error of each target (rows) against each true parameter (columns), with the binned median."""
-    figure, axes = plt.subplots(len(TARGETS), len(TARGETS), figsize=(12, 10), squeeze=False)
+    """Error of each target (rows) against each true parameter (columns), with the binned median.
+
+    The medians use every map; the scatter shows at most MAX_SCATTER_POINTS of them (a fixed random
+    subset), which looks the same and keeps a 100,000-map report from spending seconds drawing dots."""
+    figure, axes = plt.subplots(len(TARGETS), len(TARGETS), figsize=(12, 10), squeeze=False, layout="constrained")
+    n = len(columns[f"true_{next(iter(TARGETS))}"])
+    shown = np.sort(np.random.default_rng(0).permutation(n)[:MAX_SCATTER_POINTS])
     for i, (target, unit) in enumerate(TARGETS.items()):
         err = errors(columns, target)
         for j, (parameter, scale) in enumerate(TARGETS.items()):
             x = columns[f"true_{parameter}"]
             ax = axes[i][j]
-            ax.scatter(x, err, s=2, alpha=0.3, color="tab:blue", rasterized=True)
+            ax.scatter(x[shown], err[shown], s=2, alpha=0.3, color="tab:blue", rasterized=True)
             edges = np.geomspace(x.min(), x.max(), 11) if scale == "dex" else np.linspace(x.min(), x.max(), 11)
             which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 9)
             centres = [0.5 * (edges[b] + edges[b + 1]) for b in range(10) if (which == b).any()]
@@ -209,13 +215,14 @@ def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
             ax.set_xlabel(AXIS_LABELS[parameter])
         axes[i][0].set_ylabel(f"{target} error [{'dex' if unit == 'dex' else 'pred - true'}]")
     axes[0][0].legend(loc="best", fontsize=8)
-    figure.suptitle("Prediction error against the true host parameters")
+    sample = f" ({len(shown):,} of {n:,} maps shown)" if len(shown) < n else ""
+    figure.suptitle(f"Prediction error against the true host parameters{sample}")
     return _png(figure)
 
 
 def plot_coverage(summary: dict) -> bytes:
     """Coverage of the 68 % and 95 % intervals, overall and per noise level, against nominal."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     names = list(TARGETS)
     overall = summary["overall"]
     for offset, (level, nominal) in enumerate((("68", 0.6827), ("95", 0.9545))):
@@ -247,7 +254,7 @@ def plot_confusion(summary: dict) -> bytes:
     matrix = summary["confusion_matrix"]
     counts = np.asarray(matrix["counts"], dtype=float)
     rows = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
-    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    figure, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
     image = ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
