@@ -195,7 +195,7 @@ def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
     The medians use every map; the scatter shows at most MAX_SCATTER_POINTS of them (a fixed random
     subset), which looks the same and keeps a 100,000-map report from spending seconds drawing dots."""
     figure, axes = plt.subplots(len(TARGETS), len(TARGETS), figsize=(12, 10), squeeze=False, layout="constrained")
-    n = len(columns[f"true_{next(iter(TARGETS))}"])
+    n = columns["map_index"].size
     shown = np.sort(np.random.default_rng(0).permutation(n)[:MAX_SCATTER_POINTS])
     for i, (target, unit) in enumerate(TARGETS.items()):
         err = errors(columns, target)
