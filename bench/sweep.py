@@ -10,6 +10,10 @@ same Parquet shards with `cluster.sweep_pipeline.process_shard`, then the same s
   process with torch's default threading (one intra-op thread per core). Timed from the process start
   (imports and model load included) to its exit. It is run a second time with one torch thread, as an
   extra figure and for a bit-for-bit comparison with the Ray job, whose workers use one thread each.
+- Bare processes: `--cpus` one-thread loops started together without Ray, each on every `--cpus`-th
+  shard (no report). Their pipeline is the most that that many one-thread workers make of this
+  machine's cores, so it bounds the Ray job's pipeline speedup; the Ray job's pipeline over theirs is
+  what Ray itself costs.
 - Ray job: submitted with JobSubmissionClient to a private local head with `--cpus` CPUs that is already
   running (its start is not counted), and timed from `submit_job` (working-dir upload, job supervisor,
   driver start, `--cpus` one-thread worker actors starting and loading the model) to the job status
@@ -21,7 +25,8 @@ the machine skews the comparison, and the OpenMP threads of the default-threaded
 Then the same two (default-threaded loop, Ray job) on `--large-maps` maps (100,000), end to end.
 The last line is one JSON object: `pipeline_speedup_vs_single_process` (shards only; goal >= 1.4),
 `speedup_vs_single_process` (end to end, 20,000 maps), `speedup_vs_single_process_100k` (end to end,
-100,000 maps; goal >= 1.25) and `job_fixed_cost_s` (the Ray job's wall time outside the pipeline: submit,
+100,000 maps; goal >= 1.25), `bare_processes_pipeline_speedup_vs_single_process` (the ceiling above),
+`ray_pipeline_over_bare_processes` and `job_fixed_cost_s` (the Ray job's wall time outside the pipeline: submit,
 driver and actor start, report, exit; goal <= 8 s).
 """
 
@@ -59,8 +64,11 @@ def bench_config(maps: int, cpus: int, shard_size: int) -> dict:
 
 # --- the single-process loop (runs in a child process: `bench/sweep.py --single-process ...`) ------------
 
-def single_process_main(config_path: str, output: str, threads: int, result_path: str) -> None:
-    """The loop a user would write: one process, shard after shard, then the report."""
+def single_process_main(config_path: str, output: str, threads: int, result_path: str, part: str = "0/1") -> None:
+    """The loop a user would write: one process, shard after shard, then the report.
+
+    `part` "i/n" runs only the shards k with k % n == i and writes no report: one of n such processes
+    started together (`bare_processes`)."""
     started = time.time()
     import torch
     import yaml
@@ -78,16 +86,18 @@ def single_process_main(config_path: str, output: str, threads: int, result_path
     store = SweepStore.open(output)
     loaded = time.time()
     stages = dict.fromkeys(STAGES, 0.0)
-    for shard in range(config.n_shards):
+    index, parts = (int(x) for x in part.split("/"))
+    for shard in range(index, config.n_shards, parts):
         for stage, seconds in process_shard(predictor, config, store, shard).items():
             stages[stage] += seconds
-        if shard % 10 == 9 or shard == config.n_shards - 1:
+        if parts == 1 and (shard % 10 == 9 or shard == config.n_shards - 1):
             done = config.shard_range(shard).stop
             print(f"  single process ({torch.get_num_threads()} thread(s)): {done}/{config.n_maps} maps, "
                   f"{done / (time.time() - loaded):.0f} maps/s", flush=True)
     pipeline_finished = time.time()
-    info = predictor.info()
-    write_report(store, config, {key: info.get(key) for key in ("name", "version", "sha256")}, [])
+    if parts == 1:
+        info = predictor.info()
+        write_report(store, config, {key: info.get(key) for key in ("name", "version", "sha256")}, [])
     Path(result_path).write_text(json.dumps({
         "threads": torch.get_num_threads(), "stage_s": stages,
         "timeline": {"process_started": started, "model_loaded": loaded, "pipeline_finished": pipeline_finished,
@@ -113,6 +123,28 @@ def single_process(config_path: Path, output: Path, threads: int | None, n_maps:
     }
     return run_figures(n_maps, finished - started, phases, load, threads=inner["threads"],
                        stage_s={k: round(v, 2) for k, v in inner["stage_s"].items()})
+
+
+def bare_processes(config_path: Path, output: Path, n: int, n_maps: int) -> dict:
+    """`n` one-thread loops started together without Ray, each on every n-th shard: the most that `n`
+    workers can make of this machine's cores. Its pipeline runs from the first model loaded to the last
+    shard written; the Ray job's pipeline over this one is what Ray itself costs."""
+    load = os.getloadavg()[0]
+    started = time.time()
+    results = [output.with_name(f"{output.name}-{i}.json") for i in range(n)]
+    children = [subprocess.Popen([sys.executable, __file__, "--single-process", str(config_path),
+                                  str(output.with_name(f"{output.name}-{i}")), "1", str(results[i]), f"{i}/{n}"],
+                                 cwd=REPO) for i in range(n)]
+    if any(child.wait() for child in children):
+        raise RuntimeError("a bare worker process failed")
+    finished = time.time()
+    inner = [json.loads(path.read_text()) for path in results]
+    loaded = min(r["timeline"]["model_loaded"] for r in inner)
+    pipeline_finished = max(r["timeline"]["pipeline_finished"] for r in inner)
+    phases = {"start, imports, model load": loaded - started, PIPELINE: pipeline_finished - loaded,
+              "exit (no report)": finished - pipeline_finished}
+    return run_figures(n_maps, finished - started, phases, load, actors=n, threads=1,
+                       stage_s={k: round(sum(r["stage_s"][k] for r in inner), 2) for k in STAGES})
 
 
 def run_figures(n_maps: int, wall: float, phases: dict, load: float, **extra) -> dict:
@@ -221,8 +253,8 @@ def fixed_cost(run: dict) -> float:
 
 
 def main() -> None:
-    if len(sys.argv) == 6 and sys.argv[1] == "--single-process":
-        single_process_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    if len(sys.argv) in (6, 7) and sys.argv[1] == "--single-process":
+        single_process_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=20_000)
@@ -245,9 +277,10 @@ def main() -> None:
               f"Ray head with {args.cpus}", flush=True)
         default = single_process(config_path, workdir / "single-default", None, config.n_maps)
         one = single_process(config_path, workdir / "single-1", 1, config.n_maps)
+        bare = bare_processes(config_path, workdir / "bare", args.cpus, config.n_maps)
         ray = ray_job(config_path, workdir / "ray", args.cpus, config.n_maps)
         runs = {f"single, {default['threads']} threads": default, "single, 1 thread": one,
-                f"Ray job, {args.cpus} actors": ray}
+                f"{args.cpus} bare processes": bare, f"Ray job, {args.cpus} actors": ray}
         large: dict = {}
         if args.large_maps:
             raw_large = bench_config(args.large_maps, args.cpus, args.shard_size) | {"name": "bench-large"}
@@ -265,9 +298,13 @@ def main() -> None:
               f"(same threads), {other:.1e} against the default-threaded loop", flush=True)
         speedup = ray["maps_per_s"] / default["maps_per_s"]
         pipeline = ray["pipeline_maps_per_s"] / default["pipeline_maps_per_s"]
+        ceiling = bare["pipeline_maps_per_s"] / default["pipeline_maps_per_s"]
         print(f"speedup of the Ray job: {speedup:.2f}x against the default-threaded single process (the baseline), "
               f"{ray['maps_per_s'] / one['maps_per_s']:.2f}x against one thread; pipeline only: {pipeline:.2f}x; "
               f"the job's fixed cost (start-up, report, exit): {fixed_cost(ray):.1f} s", flush=True)
+        print(f"{args.cpus} bare one-thread processes (no Ray) reach {ceiling:.2f}x the single process's pipeline: "
+              f"what {args.cpus} one-thread workers can reach here; the Ray job's pipeline is "
+              f"{ray['pipeline_maps_per_s'] / bare['pipeline_maps_per_s']:.2f} of it", flush=True)
         figures = {
             "maps": config.n_maps, "grid_size": config.grid_size, "mc_samples": config.mc_samples,
             "shard_size": config.shard_size, "cpus": args.cpus,
@@ -277,6 +314,8 @@ def main() -> None:
             "max_relative_difference_vs_default_threads": other,
             "speedup_vs_single_process": round(speedup, 3),
             "pipeline_speedup_vs_single_process": round(pipeline, 3),
+            "bare_processes_pipeline_speedup_vs_single_process": round(ceiling, 3),
+            "ray_pipeline_over_bare_processes": round(ray["pipeline_maps_per_s"] / bare["pipeline_maps_per_s"], 3),
             "job_fixed_cost_s": fixed_cost(ray),
         }
         if large:
