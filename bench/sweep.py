@@ -135,7 +135,7 @@ def bare_processes(config_path: Path, output: Path, n: int, n_maps: int) -> dict
     children = [subprocess.Popen([sys.executable, __file__, "--single-process", str(config_path),
                                   str(output.with_name(f"{output.name}-{i}")), "1", str(results[i]), f"{i}/{n}"],
                                  cwd=REPO) for i in range(n)]
-    if any(child.wait() for child in children):
+    if any([child.wait() for child in children]):  # wait for every child, even after one failed
         raise RuntimeError("a bare worker process failed")
     finished = time.time()
     inner = [json.loads(path.read_text()) for path in results]
