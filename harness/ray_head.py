@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +56,17 @@ def cluster_env() -> dict:
     return env
 
 
-def _wait_for_dashboard(url: str, process: subprocess.Popen, timeout: float) -> None:
+class EarlyExit(RuntimeError):
+    """`ray start` exited before its dashboard answered (a port taken between `free_port` and the start, or
+    Ray's fixed 30 s node start-up limit on an overloaded machine); the message ends with its log."""
+
+
+def _wait_for_dashboard(url: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ray start exited early with code {process.returncode}")
+            log_tail = log_path.read_text(errors="replace")[-2000:]
+            raise EarlyExit(f"ray start exited early with code {process.returncode}; its log ends:\n{log_tail}")
         try:
             with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
                 if response.status == 200:
@@ -71,6 +77,9 @@ def _wait_for_dashboard(url: str, process: subprocess.Popen, timeout: float) -> 
     raise TimeoutError(f"Ray dashboard at {url} did not come up within {timeout:.0f} s")
 
 
+ArgsForGcsPort = Callable[[int], list[str]]
+
+
 @contextmanager
 def local_ray_cluster(
     num_cpus: int = 2,
@@ -78,15 +87,41 @@ def local_ray_cluster(
     resources: str | None = None,
     timeout: float = 120.0,
     extra_env: dict | None = None,
-    extra_args: list[str] | None = None,
-    gcs_port: int | None = None,
+    extra_args: list[str] | ArgsForGcsPort | None = None,
+    start_attempts: int = 2,
 ) -> Iterator[LocalRayCluster]:
     """Start a private Ray head and yield its addresses; stop it on exit, even on failure.
 
-    `extra_args` are appended to `ray start` (e.g. `--autoscaling-config=FILE`); `gcs_port` fixes the GCS
-    port (a free one by default) for configs that must name the address before the head starts."""
+    `extra_args` are appended to `ray start` (e.g. `--autoscaling-config=FILE`); a function of the GCS port
+    gives them where they must name the address before the head starts. A head that exits early is started
+    again, on fresh ports, up to `start_attempts` times in all."""
+    for attempt in range(1, start_attempts + 1):
+        try:
+            head = _start_head(num_cpus, num_gpus, resources, timeout, extra_env, extra_args)
+            break
+        except EarlyExit:
+            if attempt == start_attempts:
+                raise
+    cluster, process = head
+    try:
+        yield cluster
+    finally:
+        _shut_down_serve(cluster.dashboard_url, cluster.env)
+        _stop_and_clean(process, cluster.temp_dir)
+
+
+def _start_head(
+    num_cpus: int,
+    num_gpus: int | None,
+    resources: str | None,
+    timeout: float,
+    extra_env: dict | None,
+    extra_args: list[str] | ArgsForGcsPort | None,
+) -> tuple[LocalRayCluster, subprocess.Popen]:
+    """`ray start --head --block` on free ports in a new temp dir, once its dashboard answers; on any failure
+    the head is stopped and its temp dir removed before the error propagates."""
     temp_dir = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")
-    gcs_port, dashboard_port, metrics_port = gcs_port or free_port(), free_port(), free_port()
+    gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
     env = cluster_env() | (extra_env or {})
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block",
@@ -106,18 +141,22 @@ def local_ray_cluster(
         command.append(f"--num-gpus={num_gpus}")
     if resources:
         command.append(f"--resources={resources}")
-    command += extra_args or []
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    command += (extra_args(gcs_port) if callable(extra_args) else extra_args) or []
+    log_path = Path(temp_dir) / "ray-start.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     try:
-        _wait_for_dashboard(dashboard_url, process, timeout)
-        yield LocalRayCluster(f"127.0.0.1:{gcs_port}", dashboard_url, metrics_port, temp_dir, env)
-    finally:
-        _shut_down_serve(dashboard_url, env)
-        stop_process(process)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _wait_for_dashboard(dashboard_url, process, timeout, log_path)
+    except BaseException:
+        _stop_and_clean(process, temp_dir)
+        raise
+    return LocalRayCluster(f"127.0.0.1:{gcs_port}", dashboard_url, metrics_port, temp_dir, env), process
+
+
+def _stop_and_clean(process: subprocess.Popen, temp_dir: str) -> None:
+    stop_process(process)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _shut_down_serve(dashboard_url: str, env: dict) -> None:

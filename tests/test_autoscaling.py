@@ -158,13 +158,17 @@ def test_gpu_replicas_start_a_gpu_worker_node_and_it_goes_when_they_do(tmp_path)
     """Ray's autoscaler with the fake multi-node provider (cluster/fake_multinode.yaml): two 0.25-GPU PINN
     replicas that fit no node make it start a GPU worker (a second raylet on this machine), both run there,
     and the worker is released once they are gone. About 100 s on 2 cores."""
-    gcs_port = free_port()
     config = yaml.safe_load(FAKE_CLUSTER.read_text())
-    config["provider"]["gcs_address"] = f"127.0.0.1:{gcs_port}"
     gpu_type = config["available_node_types"]["ray.worker.gpu"]
     assert gpu_type["min_workers"] == 0 and gpu_type["resources"]["GPU"] >= 1
-    autoscaling_config = tmp_path / "fake_multinode.yaml"
-    autoscaling_config.write_text(yaml.safe_dump(config))
+
+    def autoscaling_args(gcs_port: int) -> list[str]:
+        """The provider must know the head's GCS address before the head starts."""
+        config["provider"]["gcs_address"] = f"127.0.0.1:{gcs_port}"
+        path = tmp_path / f"fake_multinode-{gcs_port}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return [f"--autoscaling-config={path}"]
+
     extra_env = {
         "PYTHONPATH": str(REPO),
         "RAY_FAKE_CLUSTER": "1",               # required by the fake provider
@@ -175,8 +179,7 @@ def test_gpu_replicas_start_a_gpu_worker_node_and_it_goes_when_they_do(tmp_path)
         # it exits 10 s after losing the GCS instead of 60 s
         "RAY_gcs_rpc_server_reconnect_timeout_s": "10",
     }
-    with local_ray_cluster(num_cpus=2, extra_env=extra_env, gcs_port=gcs_port,
-                           extra_args=[f"--autoscaling-config={autoscaling_config}"]) as cluster:
+    with local_ray_cluster(num_cpus=2, extra_env=extra_env, extra_args=autoscaling_args) as cluster:
         assert gpu_workers(cluster.dashboard_url) == []
         gpu_options = deployment(load_yaml(GPU_CONFIG), "PINNPredictor")["ray_actor_options"]
         pool = {"applications": [{
