@@ -95,14 +95,15 @@ def local_ray_cluster(
     `extra_args` are appended to `ray start` (e.g. `--autoscaling-config=FILE`); a function of the GCS port
     gives them where they must name the address before the head starts. A head that exits early is started
     again, on fresh ports, up to `start_attempts` times in all."""
-    for attempt in range(1, start_attempts + 1):
+    attempt = 1
+    while True:
         try:
-            head = _start_head(num_cpus, num_gpus, resources, timeout, extra_env, extra_args)
+            cluster, process = _start_head(num_cpus, num_gpus, resources, timeout, extra_env, extra_args)
             break
         except EarlyExit:
-            if attempt == start_attempts:
+            if attempt >= start_attempts:
                 raise
-    cluster, process = head
+            attempt += 1
     try:
         yield cluster
     finally:
