@@ -140,7 +140,7 @@ def place_on_ellipses(
     return x_rot * math.cos(phi) - y_rot * math.sin(phi), x_rot * math.sin(phi) + y_rot * math.cos(phi)
 
 
-def _subhalo_structure(
+def subhalo_structure(
     mass: np.ndarray, distance: np.ndarray, halo: HaloParameters
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """kappa_s, r_s (kpc) and tau of truncated NFW subhalos of M_200c `mass` at host distance `distance`."""
@@ -178,7 +178,7 @@ def _draw_subhalos(
         return Subhalos.empty(), fraction
     x, y = place_on_ellipses(radius, angle, ellipticity, position_angle_deg)
     mass = mass_ratio * halo.M_vir
-    kappa_s, r_s, tau = _subhalo_structure(mass, np.maximum(radius, 1e-3 * halo.r_s), halo)
+    kappa_s, r_s, tau = subhalo_structure(mass, np.maximum(radius, 1e-3 * halo.r_s), halo)
     return Subhalos(x=x + center[0], y=y + center[1], mass=mass, kappa_s=kappa_s, r_s=r_s, tau=tau), fraction
 
 

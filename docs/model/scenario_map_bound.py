@@ -46,7 +46,7 @@ from lensing.cosmology import MapGeometry, lens_geometry
 from lensing.grid import DEFAULT_FOV_KPC
 from lensing.halo import HaloParameters
 from lensing.render import add_subhalos
-from lensing.synthetic import generate_batch, sample_hosts
+from lensing.synthetic import HostBatch, generate_batch, sample_hosts
 
 GRID = 64
 PIXEL_KPC = DEFAULT_FOV_KPC / GRID
@@ -100,7 +100,7 @@ class PeakPhotometry:
             measured = []
             for _ in range(CALIBRATION_DRAWS):
                 mass = np.array([mass_ratio * host.M_vir])
-                kappa_s, r_s, tau = scenarios._subhalo_structure(mass, rng.uniform(20.0, 300.0, 1), host)
+                kappa_s, r_s, tau = scenarios.subhalo_structure(mass, rng.uniform(20.0, 300.0, 1), host)
                 one = scenarios.Subhalos(rng.uniform(-half, half, 1), rng.uniform(-half, half, 1), mass,
                                          kappa_s, r_s, tau)
                 measured.append(local_maxima(subhalo_map(one)).sums.max() * self.pixel_mass / mass[0])
@@ -123,24 +123,21 @@ def share_outside(halo: HaloParameters, ellipticity: float, angle_deg: float, rn
     return float(np.mean(in_field(x, y) & (np.hypot(x, y) > radius_kpc)))
 
 
-def fit_hosts(maps: np.ndarray, exclude_px: float, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_hosts(predictor, maps: np.ndarray, exclude_px: float, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Residual maps after the robust host fit, the fitted theta and the network's P(WDM) / P(CDM + WDM)."""
+    from lensing.pinn.encoding import theta_from_hosts
     from lensing.pinn.physics import render_theta
-    from lensing.pinn.predictor import Predictor, _noise_levels
-    from lensing.pinn.preprocess import noise_feature, prepare_input
     from lensing.pinn.refine import refine_theta
-    from lensing.pinn.sampling import sample_theta, summarise
 
-    predictor, geometry = Predictor.from_package("cpu"), MapGeometry()
-    size = predictor.model.config.input_size
-    sigma, _ = _noise_levels(maps, None)
-    x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), size)
-    noise = noise_feature(torch.as_tensor(sigma), GRID, size)
-    theta, log_spread, logits = sample_theta(predictor.model, x, noise, MC_SAMPLES, list(range(len(maps))),
-                                             predictor.scaler)
-    summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc)
-    says_wdm = summary.class_probs[:, 1] / summary.class_probs[:, :2].sum(1)
-    estimate, target, mask = torch.as_tensor(summary.theta_mean), torch.as_tensor(maps), None
+    geometry = MapGeometry()
+    network = predictor.predict_batch(maps, geometry, MC_SAMPLES, seed=list(range(len(maps))))
+    says_wdm = network.class_probs[:, 1] / network.class_probs[:, :2].sum(1)
+    values = network.values
+    hosts = HostBatch(values["M_vir"], values["r_s"], values["ellipticity"], values["position_angle"],
+                      np.full(len(maps), -1), np.zeros(len(maps), dtype=np.int64), values["center_x_kpc"],
+                      values["center_y_kpc"])
+    estimate = torch.as_tensor(theta_from_hosts(hosts, geometry.lens, geometry.fov_kpc))
+    target, mask = torch.as_tensor(maps), None
     pixel = torch.arange(GRID, dtype=torch.float64) - (GRID - 1) / 2
     for _ in range(rounds):
         estimate, _ = refine_theta(estimate, target, steps=FIT_STEPS, mask=mask)
@@ -187,10 +184,14 @@ def main(n_draws: int, fitted_host: int, exclude_px: float, fit_rounds: int = 3)
                                                        / math.sqrt(n_draws)),
                "photometry_sum_over_mass": [round(r, 3) for r in photometry.ratios]}
     if fitted_maps:
+        from lensing.pinn.predictor import Predictor
+
+        predictor = Predictor.from_package("cpu")
         fitted, network = [], []
         fit_rng = np.random.default_rng(SEED + 2)
         for start in range(0, len(fitted_maps), 250):
-            residual, theta, says_wdm = fit_hosts(np.stack(fitted_maps[start:start + 250]), exclude_px, fit_rounds)
+            residual, theta, says_wdm = fit_hosts(predictor, np.stack(fitted_maps[start:start + 250]), exclude_px,
+                                                  fit_rounds)
             fit = physical_from_theta(theta, geometry, DEFAULT_FOV_KPC)
             for j, is_wdm in enumerate(truths[start:start + 250]):
                 mass = float(fit["M_vir"][j])
