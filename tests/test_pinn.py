@@ -83,16 +83,15 @@ def test_network_accuracy_matches_card(smooth_network, predictor):
 
 
 def test_network_accuracy_goals_met(smooth_network):
-    """Goals the shipped 2.2 network meets on smooth maps: 5 % in r_s, 0.02 in e, 2 kpc in the centre."""
+    """Goals the shipped 2.3 network meets on smooth maps: 5 % in r_s, 0.02 in e, 2 kpc in the centre."""
     assert smooth_network["median_rel_err_rs"] <= 0.05
     assert smooth_network["median_abs_de"] <= 0.02
     assert smooth_network["median_abs_dcenter_kpc"] <= 2.0
 
 
 def test_network_mass_goal(smooth_network):
-    """Goal: 0.02 dex in M on smooth maps, up to the sampling error of a median of 600 maps. The 2.2 card has
-    0.0202 on 2,000 maps (bootstrap standard error 0.0006): at the goal, not clearly below it. 2.1's 0.024 is
-    outside this slack."""
+    """Goal: 0.02 dex in M on smooth maps, up to the sampling error of a median of 600 maps. The 2.3 card has
+    0.0193 on 2,000 maps (2.2: 0.0202, bootstrap standard error 0.0006). 2.1's 0.024 is outside this slack."""
     assert _meets_goal(smooth_network, "median_abs_dlog10_M", 0.02)
 
 
@@ -127,8 +126,8 @@ def test_scenario_accuracy_matches_card(predictor, scenario_network):
     assert scenario_network["scenario_accuracy"] > 0.6  # far above the 1/4 of guessing
 
 
-@pytest.mark.xfail(strict=True, reason="goal missed by the shipped 2.2 network: 0.861 +- 0.004 on 10,000 maps "
-                                       "(card; 0.894 over all draws with three classes), against 0.92")
+@pytest.mark.xfail(strict=True, reason="goal missed by the shipped 2.3 network: 0.860 +- 0.004 on 10,000 maps "
+                                       "(card; 0.893 over all draws with three classes), against 0.92")
 def test_scenario_accuracy_goal(scenario_network):
     """Goal: scenario accuracy at least 0.92 (600 fresh maps, 2.5 binomial standard errors)."""
     assert scenario_network["scenario_accuracy"] >= 0.92 - 2.5 * np.sqrt(0.92 * 0.08 / N_HELD_OUT)
@@ -191,17 +190,26 @@ def test_noisy_maps_accuracy_matches_card(predictor, noisy_network):
     """sigma_kappa = 0.01, network alone: as accurate as the card says, and the noise estimate within 5 %."""
     _no_worse_than_card(noisy_network, _card_block(predictor, "noisy_sigma_0.01"),
                         ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de"))
-    assert _meets_goal(noisy_network, "median_abs_de", 0.03)  # the goal in e, which 2.2 meets (0.026)
+    assert _meets_goal(noisy_network, "median_abs_de", 0.03)  # the goal in e, which 2.3 meets (0.026)
     assert noisy_network["median_noise_sigma_estimate"] == pytest.approx(0.01, rel=0.05)
 
 
-@pytest.mark.slow  # 300 maps
-@pytest.mark.xfail(strict=True, reason="goals missed by the shipped 2.2 network at sigma 0.01: 0.045 dex and "
-                                       "8.4 % (card), against 0.04 and 8 % (2.1 had 0.043 dex and 7.5 %)")
-def test_noisy_maps_mass_and_scale_goals(noisy_network):
-    """Goals at sigma_kappa = 0.01, network alone: 0.04 dex in M and 8 % in r_s (medians of |error|)."""
-    assert _meets_goal(noisy_network, "median_abs_dlog10_M", 0.04)
-    assert _meets_goal(noisy_network, "median_rel_err_rs", 0.08)
+N_GOAL = 2000  # maps for a goal the model misses by less than a 300-map median can resolve
+
+
+@pytest.mark.slow  # 2,000 maps (about 10 s)
+@pytest.mark.xfail(strict=True, reason="goals missed by the shipped 2.3 network at sigma 0.01: 0.044 dex and "
+                                       "8.6 % (card), 0.041 and 8.2 % here, against 0.04 and 8 % (2.1 had 0.043 "
+                                       "dex and 7.5 %)")
+def test_noisy_maps_mass_and_scale_goals(predictor):
+    """Goals at sigma_kappa = 0.01, network alone: 0.04 dex in M and 8 % in r_s (medians of |error|), on 2,000
+    fresh maps as the card measures them. The model sits 2-9 % above both goals, where 300 maps give a
+    median to +-7 % (one standard error) and pass within any honest tolerance; at 2,000 maps the median's
+    standard error is ~3 %, and the goal is read as the card reads it, without slack."""
+    seed = HELD_OUT_SEED + 200  # not a seed of the card (777 + set) or of the other tests
+    block = summarise_set(run_set(predictor, N_GOAL, seed, EVALUATION_SETS["noisy_sigma_0.01"], 50, False))
+    assert block["median_abs_dlog10_M"] <= 0.04
+    assert block["median_rel_err_rs"] <= 0.08
 
 
 def test_smooth_maps_are_reported_as_none(predictor):

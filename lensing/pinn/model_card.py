@@ -101,8 +101,9 @@ per bin, from clean to the noisiest) crossed with whether it is reported as "non
 substructure (`groups`). Both are known from the map alone, so the service picks each map's k the same
 way. k near 1 at 68 % and near 2 at 95 % mean the raw spreads were already honest Gaussian errors for
 maps of that group; larger or smaller k mean they were too narrow or too wide there, and k corrects them
-on average. `group_maps` says how many validation maps each k rests on; a bin with fewer than 30 takes
-its group's k over all bins.
+on average. `group_maps` says how many validation maps each network k rests on, `refined_group_maps` the
+same for refinement (calibrated on the first `refined_validation_maps` only: each fit costs ~70 ms); a bin
+with fewer than 30 takes its group's k over all bins.
 
 ```json
 {json.dumps(card.get('calibration', {}), indent=2)}

@@ -63,7 +63,8 @@ class TrainConfig(BaseModel):
     spread_weight: float = Field(0.2, ge=0)
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
-    validation_maps: int = Field(2000, ge=100)
+    validation_maps: int = Field(12_000, ge=100)  # calibration of the network's intervals
+    refined_validation_maps: int = Field(3000, ge=100)  # the first of them also calibrate refinement (costly)
     threads: int = Field(2, ge=1)
     init_from: str | None = None
     architecture: dict = Field(default_factory=dict)
@@ -161,7 +162,8 @@ def train(config: TrainConfig, output: Path, resume: bool = True, command: str =
             save_training_checkpoint(checkpoint_path, model, optimizer, scheduler, step + 1, {"seed": config.seed})
     model.eval()
     predictor = Predictor(model, {"theta_scaler": {"mean": scaler.mean, "scale": scaler.scale}})
-    calibration = fit_calibration(predictor, recipe, n_maps=config.validation_maps, seed=config.seed + 10_000)
+    calibration = fit_calibration(predictor, recipe, n_maps=config.validation_maps, seed=config.seed + 10_000,
+                                  refined_maps=config.refined_validation_maps)
     card = {
         "name": "PINN",
         "version": config.version,
