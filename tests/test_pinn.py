@@ -12,6 +12,7 @@ from torch import nn
 
 from lensing import MapRequest, generate_map
 from lensing.cosmology import lens_geometry
+from lensing.pinn.calibration import fit_calibration
 from lensing.pinn.checkpoint import (
     CARD_NAME,
     PACKAGE_WEIGHTS_DIR,
@@ -320,6 +321,21 @@ def test_model_card_records_measurements():
     markdown = (PACKAGE_WEIGHTS_DIR / "pinn_card.md").read_text()
     for text in ("M [dex]", "accuracy", "Confusion matrix", "68 % coverage", "k68", *EVALUATION_SETS):
         assert text in markdown, text
+
+
+@pytest.mark.slow  # refines 60 maps
+def test_refinement_is_calibrated_on_the_first_validation_maps(predictor):
+    """The network's k rest on every validation map, refinement's (each fit ~70 ms) on the first
+    `refined_maps`; the card says how many maps each group and bin had in each mode."""
+    calibration = fit_calibration(predictor, DataRecipe(), n_maps=250, seed=10_003, refined_maps=60)
+    assert calibration["validation_maps"] == 250 and calibration["refined_validation_maps"] == 60
+    assert sum(map(sum, calibration["group_maps"].values())) == 250
+    assert sum(map(sum, calibration["refined_group_maps"].values())) == 60
+    for mode in ("network", "refined"):
+        for level in ("68", "95"):
+            for k_per_bin in calibration[mode][level]["none"].values():
+                assert len(k_per_bin) == len(calibration["noise_bin_edges"]) + 1
+                assert all(np.isfinite(k) and k > 0 for k in k_per_bin)
 
 
 def test_shipped_weights_come_from_the_repository_config():
