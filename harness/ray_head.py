@@ -7,6 +7,7 @@ other clusters on the machine are untouched.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -95,15 +96,13 @@ def local_ray_cluster(
     `extra_args` are appended to `ray start` (e.g. `--autoscaling-config=FILE`); a function of the GCS port
     gives them where they must name the address before the head starts. A head that exits early is started
     again, on fresh ports, up to `start_attempts` times in all."""
-    attempt = 1
-    while True:
+    for attempt in itertools.count(1):  # at least once, whatever start_attempts is
         try:
             cluster, process = _start_head(num_cpus, num_gpus, resources, timeout, extra_env, extra_args)
             break
         except EarlyExit:
             if attempt >= start_attempts:
                 raise
-            attempt += 1
     try:
         yield cluster
     finally:

@@ -79,9 +79,14 @@ def subhalo_map(subhalos: scenarios.Subhalos) -> np.ndarray:
                         torch.tensor(subhalos.r_s / fov), torch.tensor(subhalos.tau))[0].numpy()
 
 
+def peak_pixels(maps: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """(B, 1, N, N) maps -> bool: pixels that are the maximum of their 3 x 3 neighbourhood and above `threshold`."""
+    return (maps == F.max_pool2d(maps, 3, 1, 1)) & (maps > threshold)
+
+
 def local_maxima(kappa: np.ndarray, threshold: float = 0.0) -> Detections:
     t = torch.as_tensor(kappa)[None, None]
-    is_peak = ((t == F.max_pool2d(t, 3, 1, 1)) & (t > threshold))[0, 0].numpy()
+    is_peak = peak_pixels(t, threshold)[0, 0].numpy()
     sums = (F.avg_pool2d(t, 3, 1, 1, count_include_pad=False) * 9)[0, 0].numpy()
     row, col = np.nonzero(is_peak)
     return Detections(sums[row, col], col - (GRID - 1) / 2, row - (GRID - 1) / 2)
@@ -142,8 +147,7 @@ def fit_hosts(predictor, maps: np.ndarray, exclude_px: float, rounds: int) -> tu
     for _ in range(rounds):
         estimate, _ = refine_theta(estimate, target, steps=FIT_STEPS, mask=mask)
         residual = target - render_theta(estimate, GRID)
-        t = residual[:, None]
-        near_peak = F.max_pool2d(((t == F.max_pool2d(t, 3, 1, 1)) & (t > FITTED_HOST_THRESHOLD)).double(), 3, 1, 1)
+        near_peak = F.max_pool2d(peak_pixels(residual[:, None], FITTED_HOST_THRESHOLD).double(), 3, 1, 1)
         centre = estimate[:, 4:] * GRID  # pixels from the map centre
         cusp = torch.hypot(pixel[None, None, :] - centre[:, 0, None, None],
                            pixel[None, :, None] - centre[:, 1, None, None]) <= exclude_px

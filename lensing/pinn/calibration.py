@@ -87,15 +87,17 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
         # a map's group is the same in both modes: its noise and the network's class probabilities
         noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
         probs.append(result.class_probs)
-        refine = slice(0, max(0, min(size, refined_maps - start)))
-        if refine.stop:
-            result = raw.predict_batch(maps[refine], geometry, CALIBRATION_SAMPLES, True, seeds[refine])
-            errors[True].append(result.centre - truth[refine])
+        refined = min(size, refined_maps - start)
+        if refined > 0:
+            result = raw.predict_batch(maps[:refined], geometry, CALIBRATION_SAMPLES, True, seeds[:refined])
+            errors[True].append(result.centre - truth[:refined])
             spreads[True].append(result.half68)
     bins, members = noise_bin(np.concatenate(noise)), group_members(np.concatenate(probs))
-    fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]),
-                                      bins[:count], {group: chosen[:count] for group, chosen in members.items()})
+    # each mode's maps: all of them for the network, the first refined_maps for refinement
+    groups = {refine: (bins[:count], {group: chosen[:count] for group, chosen in members.items()})
               for refine, count in ((False, n_maps), (True, refined_maps))}
+    fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]), *groups[refine])
+              for refine in groups}
     return {
         "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e, centre kpc); spread = "
                   "sqrt(MC Dropout std^2 + learned per-map spread^2) (network) or Laplace std of the fit "
@@ -105,11 +107,8 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
         "noise_bin_variable": "noise sigma per pixel at the network's input resolution (given or estimated); "
                               "each k list has one entry per bin: below the first edge, between edges, above",
         "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", SUBSTRUCTURE: "all others"},
-        "group_maps": {group: np.bincount(bins[chosen], minlength=len(NOISE_BIN_EDGES) + 1).tolist()
-                       for group, chosen in members.items()},
-        "refined_group_maps": {group: np.bincount(bins[:refined_maps][chosen[:refined_maps]],
-                                                  minlength=len(NOISE_BIN_EDGES) + 1).tolist()
-                               for group, chosen in members.items()},
+        "group_maps": _maps_per_group(*groups[False]),
+        "refined_group_maps": _maps_per_group(*groups[True]),
         "mc_samples": CALIBRATION_SAMPLES,
         "validation_maps": int(n_maps),
         "refined_validation_maps": int(refined_maps),
@@ -117,6 +116,12 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
         "network": fitted[False],
         "refined": fitted[True],
     }
+
+
+def _maps_per_group(bins: np.ndarray, members: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """{group: [maps in each noise bin]}: how many validation maps each k rests on."""
+    return {group: np.bincount(bins[chosen], minlength=len(NOISE_BIN_EDGES) + 1).tolist()
+            for group, chosen in members.items()}
 
 
 def add_parser(subparsers) -> None:
