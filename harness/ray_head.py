@@ -26,11 +26,22 @@ from pathlib import Path
 VENV_BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port has returned in this process
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free right now and that this process has not handed out before.
+
+    A port picked here stays free until its server binds it, and the kernel may offer it again meanwhile:
+    the service's HTTP port, picked before its Ray head starts, once came back as the head's metrics port,
+    and the proxy then failed to bind. Remembering the ports handed out keeps such picks apart."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
