@@ -110,7 +110,7 @@ _CARDS = (
     _Card("PROFILE", "profile_type", "host profile"),
     _Card("M_VIR", "M_vir", "[Msun] host M_200c"),
     _Card("R_S", "scale_radius", "[kpc] host NFW scale radius"),
-    _Card("RS_SRC", "scale_radius_source", "r_s given, from c, or M-c relation"),
+    _Card("RS_SRC", "scale_radius_source", "where r_s comes from"),
     _Card("ELLIP", "ellipticity", "host (1-q)/(1+q), q = minor/major axes"),
     _Card("PA", "position_angle", "[deg] host position angle, CCW from +x"),
     _Card("CENX_KPC", "center_x_kpc", "[kpc] host centre x from the map centre"),
