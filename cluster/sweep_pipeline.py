@@ -103,7 +103,9 @@ def shard_table(config: SweepConfig, inputs: ShardInputs, prediction: Prediction
     """One row per map: identity, true host parameters, predictions with uncertainties, class output.
 
     Prediction columns are `pred_` + the Predictor's names: M_vir, r_s, ellipticity, position_angle,
-    concentration, and (mc_samples > 1) their *_std, *_p16, *_p84, *_p2_5, *_p97_5.
+    concentration, and (mc_samples > 1) their *_std, *_p16, *_p84, *_p2_5, *_p97_5. `inside_training_domain`
+    says whether the map and its estimates lie where the model was trained (`outside_training_domain`: the
+    names of what does not, comma-separated).
     """
     hosts = inputs.hosts
     geometry = lens_geometry(config.z_lens, config.z_source)
@@ -132,6 +134,9 @@ def shard_table(config: SweepConfig, inputs: ShardInputs, prediction: Prediction
     columns["noise_sigma_estimate"] = np.asarray(prediction.noise_sigma, dtype=np.float64)
     columns["entropy"] = np.asarray(prediction.entropy, dtype=np.float64)
     columns["mutual_information"] = np.asarray(prediction.mutual_information, dtype=np.float64)
+    columns["inside_training_domain"] = np.array([not outside for outside in prediction.outside_training])
+    columns["outside_training_domain"] = np.array([",".join(outside) for outside in prediction.outside_training],
+                                                  dtype=str)
     return pa.table(columns)
 
 

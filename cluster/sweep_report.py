@@ -7,6 +7,8 @@ Metrics (same definitions everywhere, recomputable from the shards):
   intervals. Null when mc_samples = 1 (a point estimate has no interval).
 - classification: accuracy over maps with a scenario ("none", no detectable substructure, counts as
   wrong there), the share of smooth hosts reported as "none", mean predictive entropy.
+- inside_training_domain: the share of maps whose inputs and estimates lie where the model was trained
+  (a box beyond the training box gives extrapolations, whose intervals are not calibrated).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def metrics(columns: dict[str, np.ndarray], has_uncertainty: bool) -> dict:
         float((columns["predicted_class"][~labelled] == NO_SUBSTRUCTURE).mean()) if (~labelled).any() else None
     )
     result["mean_entropy"] = _float(columns["entropy"].mean()) if n else None
+    result["inside_training_domain"] = _float(columns["inside_training_domain"].mean()) if n else None
     return result
 
 
@@ -300,6 +303,12 @@ def render_report(summary: dict, config: SweepConfig) -> str:
         f"seed {config.seed}. Errors: dex for M_vir and r_s, pred - true for e.",
         "",
     ]
+    inside = summary["overall"].get("inside_training_domain")
+    if inside is not None and inside < 1:
+        lines += [f"**{100 * (1 - inside):.1f} % of the maps lie outside the model's training domain** (column "
+                  "`outside_training_domain` names what: an estimate beyond the training box, a geometry or noise "
+                  "the model was not trained on): there its estimates extrapolate and its intervals are not "
+                  "calibrated.", ""]
     if summary["failed_shards"]:
         lines += ["**Incomplete**: these shards failed; rerun the same command to retry only them.", ""]
         lines += [f"- shard {f['shard']}: {f['error']}" for f in summary["failed_shards"]] + [""]

@@ -107,6 +107,7 @@ def test_root_health_models_docs(live):
     assert "no detectable substructure" in model["classes"][3]["description"]
     assert {"M_vir", "r_s", "ellipticity", "center_x_kpc", "center_y_kpc"} <= set(model["output_parameters"])
     assert model["loaded"] is True and model["device"] == "cpu" and model["version"] == health["model_version"]
+    assert model["training_domain"]["r_s"] == "[50, 500] kpc" and "noise_sigma" in model["training_domain"]
     assert len(models.content) < 4096 and "calibration" not in model  # a summary; the full card at card_url:
     assert "network" in requests.get(live.url(model["card_url"])).json()["calibration"]
     assert "swagger" in requests.get(live.url("/docs")).text.lower()
@@ -301,8 +302,9 @@ def test_stack_results_equal_single_map_results_for_the_same_seeds(live):
 def test_stack_results_as_npy_and_fits_tables(live):
     from astropy.io import fits
 
-    maps = stack_maps()
-    body = {"convergence_maps": [m.tolist() for m in maps], "mc_samples": [5, 10, 20], "seed": 3}
+    galaxy = generate_map(MapRequest(M_vir=1e12, grid_size=64)).convergence  # Duffy r_s ~ 33 kpc: below the box
+    maps = [*stack_maps(), galaxy]
+    body = {"convergence_maps": [m.tolist() for m in maps], "mc_samples": [5, 10, 20, 10], "seed": 3}
     entries = post_json(live, "/api/v1/inference", body).json()["results"]
     table = np.load(io.BytesIO(post_json(live, "/api/v1/inference", body, headers={"Accept": NPY}).content),
                     allow_pickle=False)
@@ -311,11 +313,17 @@ def test_stack_results_as_npy_and_fits_tables(live):
     for k, entry in enumerate(entries):
         for source in (table, rows):
             assert source["index"][k] == k and source["status"][k] == 200 and source["seed"][k] == 3
-            assert source["mc_samples"][k] == (5, 10, 20)[k]
+            assert source["mc_samples"][k] == (5, 10, 20, 10)[k]
             assert source["M_vir"][k] == pytest.approx(entry["predictions"]["M_vir"], rel=1e-12)
             assert source["M_vir_p84"][k] == pytest.approx(entry["uncertainties"]["M_vir_p84"], rel=1e-12)
             label = source["predicted_class"][k]  # bytes from numpy, str from astropy
             assert (label.decode() if isinstance(label, bytes) else label) == entry["predicted_class"]
+            assert bool(source["inside_training_domain"][k]) == entry["training_domain"]["inside"]
+            outside = source["outside_training_domain"][k]
+            assert (outside.decode() if isinstance(outside, bytes) else outside) == ",".join(
+                entry["training_domain"]["outside"])
+    assert entries[0]["training_domain"] == {"inside": True, "outside": {}}
+    assert list(entries[3]["training_domain"]["outside"]) == ["r_s"]
 
 
 def test_a_mixed_stack_answers_the_good_maps_and_names_the_bad_one(live):

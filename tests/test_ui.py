@@ -164,7 +164,7 @@ def downloaded(folder: Path, suffix: str, timeout: float = 30) -> Path:
 @pytest.fixture
 def fits_file(tmp_path) -> tuple[Path, MapRequest]:
     """A FITS map written by the library (with its geometry and host cards)."""
-    request = MapRequest(profile_type="Elliptical NFW", M_vir=3e12, scale_radius=150.0, ellipticity=0.2,
+    request = MapRequest(profile_type="Elliptical NFW", M_vir=3e13, concentration=5.0, ellipticity=0.2,
                          position_angle=30.0, grid_size=64, fov_kpc=800.0, z_lens=0.4, z_source=1.5)
     path = tmp_path / "halo.fits"
     write_fits(path, generate_map(request))
@@ -271,14 +271,14 @@ def test_first_paint_labels_and_keyboard_tabs(page, live):
 
 
 def test_generate_shows_the_map_and_downloads_it(page, screenshots, downloads):
-    type_into(page, "#gen-mass", "3e12")
-    type_into(page, "#gen-scale-radius", "150")
+    type_into(page, "#gen-mass", "2e13")
+    type_into(page, "#gen-concentration", "6")
     find(page, "#gen-scenario option[value='CDM']").click()
     type_into(page, "#gen-seed", "7")
     find(page, "#generate-form button[type=submit]").click()
     wait(page, lambda d: "concentration" in text(d, "#generate-params"), 60, "no parameters shown")
     params = text(page, "#generate-params")
-    assert "3.00×10¹² M☉" in params and "CDM" in params and "kpc" in params
+    assert "2.00×10¹³ M☉" in params and "CDM" in params and "kpc" in params and "concentration" in params
     canvas = find(page, "#generate-map canvas")
     colours = page.execute_script("""const c = arguments[0], g = c.getContext('2d');
         const d = g.getImageData(100 * devicePixelRatio, 40 * devicePixelRatio, 200, 200).data, seen = new Set();
@@ -296,7 +296,7 @@ def test_generate_shows_the_map_and_downloads_it(page, screenshots, downloads):
         data = saved.read_bytes()
         if suffix == ".fits":
             with fits.open(io.BytesIO(data)) as hdus:
-                assert hdus[0].header["M_VIR"] == 3e12 and hdus[0].header["SEED"] == 7
+                assert hdus[0].header["M_VIR"] == 2e13 and hdus[0].header["SEED"] == 7
                 assert hdus[0].data.shape == (64, 64)
         elif suffix == ".npy":
             assert np.load(io.BytesIO(data)).shape == (64, 64)
@@ -316,7 +316,8 @@ def test_infer_an_uploaded_fits_with_intervals_classes_refinement_and_residual(p
     find(page, "#infer-form button[type=submit]").click()
     wait(page, lambda d: "RMS" in text(d, "#infer-residual-note"), 90, "no residual")
     table = text(page, "#infer-estimates table")
-    assert "68 %" in table and "95 %" in table and "true" in table and "3.00×10¹²" in table
+    assert "68 %" in table and "95 %" in table and "true" in table and "3.00×10¹³" in table
+    assert page.find_elements(By.CSS_SELECTOR, "#infer-domain") == []  # a halo in the training box: no warning
     bars = page.find_elements(By.CSS_SELECTOR, "#infer-estimates svg circle")
     assert len(bars) == 6  # the legend, then one estimate per parameter row (M, r_s, e, centre x and y)
     assert len(page.find_elements(By.CSS_SELECTOR, "#infer-classes svg rect")) == 8  # 4 tracks, 4 bars
@@ -336,6 +337,19 @@ def test_infer_an_uploaded_fits_with_intervals_classes_refinement_and_residual(p
     assert console_errors(page) == []
 
 
+def test_infer_warns_when_the_estimate_lies_outside_the_training_domain(page, tmp_path):
+    path = tmp_path / "galaxy.fits"  # a 1e12 Msun Duffy halo: r_s ~ 33 kpc, below the training box
+    write_fits(path, generate_map(MapRequest(M_vir=1e12, grid_size=64)))
+    find(page, "#tab-infer").click()
+    find(page, "#infer-file").send_keys(str(path))
+    wait(page, lambda d: "galaxy.fits, 64 × 64" in text(d, "#infer-source"), 30, "the file was not read")
+    type_into(page, "#infer-mc-samples", "10")
+    find(page, "#infer-form button[type=submit]").click()
+    warning = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#infer-domain"), 90, "no warning")[0].text
+    assert warning.startswith("Outside the model's training domain: r_s estimate") and "[50, 500] kpc" in warning
+    assert console_errors(page) == []
+
+
 def test_batch_sweep_progress_reaches_100_with_plot_table_and_csv(page, screenshots, downloads):
     find(page, "#tab-batch").click()
     type_into(page, "#batch-sweep-from", "1e12")
@@ -349,6 +363,10 @@ def test_batch_sweep_progress_reaches_100_with_plot_table_and_csv(page, screensh
     assert find(page, "#batch-progress-text").get_attribute("aria-live") == "polite"
     assert len(page.find_elements(By.CSS_SELECTOR, "#batch-plot svg .point")) == 4
     assert len(page.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")) == 4
+    domains = [row.find_elements(By.CSS_SELECTOR, "td")[5].text
+               for row in page.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")]
+    # Duffy et al. (2008) halos: r_s ~ 33 kpc at 1e12 Msun lies below the training box, ~86 kpc at 1e13 inside it
+    assert domains[0] == "outside: r_s" and domains[3] == "inside", domains
     screenshot(page, screenshots / "batch.png")
     find(page, "#batch-csv").click()
     rows = list(csv.DictReader(io.StringIO(downloaded(downloads, ".csv").read_text())))

@@ -204,6 +204,7 @@ def model_summary(model: dict) -> ModelInfo:
         "output_units": {name: OUTPUT_UNITS.get(name, "") for name in model["output_parameters"]},
         "class_names": classes, "classes": _class_descriptions(classes, model.get("class_descriptions")),
         "metrics": {key: metrics[key] for key in HEADLINE_METRICS if key in metrics},
+        "training_domain": model.get("training_domain") or {},
         "device": model["device"], "loaded": model.get("loaded", True), "card_url": CARD_URL,
     })
 

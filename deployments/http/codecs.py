@@ -228,7 +228,8 @@ def _fits_images(body: bytes) -> list[tuple[np.ndarray, fits.Header]]:
 def results_table(entries: list[dict]) -> np.ndarray:
     """The entries of a stack response as a structured numpy array, one row per map: index, status, seed,
     mc_samples, refined, every prediction and uncertainty, prob_<class>, predicted_class, entropy, mutual
-    information, noise_sigma and its source (NaN, -1 or empty where a map has no result)."""
+    information, noise_sigma and its source, whether the map lies inside the training domain and the names of
+    what lies outside it, comma-separated (NaN, -1, False or empty where a map has no result)."""
     done = [e for e in entries if e["status"] == 200]
     predictions = list(done[0]["predictions"]) if done else []
     uncertainties = sorted({key for e in done for key in (e.get("uncertainties") or {})})
@@ -237,7 +238,7 @@ def results_table(entries: list[dict]) -> np.ndarray:
     columns += [(name, "f8") for name in (*predictions, *uncertainties)]
     columns += [(f"prob_{name}", "f8") for name in classes]
     columns += [("predicted_class", "S16"), ("entropy", "f8"), ("mutual_information", "f8"), ("noise_sigma", "f8"),
-                ("noise_sigma_source", "S9")]
+                ("noise_sigma_source", "S9"), ("inside_training_domain", "?"), ("outside_training_domain", "S96")]
     table = np.zeros(len(entries), dtype=columns)
     for name, kind in columns:
         if kind == "f8":
@@ -257,6 +258,9 @@ def results_table(entries: list[dict]) -> np.ndarray:
         row["predicted_class"] = entry["predicted_class"].encode()
         row["entropy"], row["mutual_information"] = entry["entropy"], entry["mutual_information"]
         row["noise_sigma"], row["noise_sigma_source"] = entry["noise_sigma"], entry["noise_sigma_source"].encode()
+        domain = entry["training_domain"]
+        row["inside_training_domain"] = domain["inside"]
+        row["outside_training_domain"] = ",".join(domain["outside"]).encode()
     return table
 
 

@@ -191,6 +191,16 @@ class Serving(BaseModel):
     batch_ms: float = Field(description="compute time of that batch in the PINN replica, ms")
 
 
+class TrainingDomainCheck(BaseModel):
+    """Whether the map and its estimates lie where the model was trained and measured (its card's figures
+    hold there); outside, the network extrapolates and its intervals are not calibrated."""
+
+    inside: bool
+    outside: dict[str, str] = Field(description="for each estimate (M_vir, r_s, ellipticity, center_x_kpc, "
+                                    "center_y_kpc) or input (fov_kpc, z_lens, z_source, noise_sigma) outside the "
+                                    "training maps' range: the value and that range")
+
+
 class InferenceResult(BaseModel):
     """One map's result. `classification` has a probability for each of CDM, WDM, SIDM and "none" (no
     detectable substructure: a smooth halo, or substructure lost in the noise); `predictions` include the
@@ -205,6 +215,7 @@ class InferenceResult(BaseModel):
     noise_sigma: float = Field(description="per-pixel noise sigma the model was given")
     noise_sigma_source: Literal["given", "estimated"] = Field(description="given in the request, or estimated "
                                                                           "from the map")
+    training_domain: TrainingDomainCheck
     mc_samples: int
     refined: bool
 
@@ -366,6 +377,9 @@ class ModelInfo(BaseModel):
     classes: list[ModelClass]
     metrics: dict[str, Any] = Field({}, description="headline metrics on the smooth held-out set (network alone) "
                                                     "and the scenario accuracy; the card has every set")
+    training_domain: dict[str, str] = Field({}, description="where the model was trained and measured: the host "
+                                            "box, geometries, noise and centre offsets; a result outside it says so "
+                                            "in its training_domain")
     device: str
     loaded: bool = True
     card_url: str = Field(description="the full model card")
@@ -415,6 +429,7 @@ class StackEntry(BaseModel):
     mutual_information: float | None = None
     noise_sigma: float | None = None
     noise_sigma_source: Literal["given", "estimated"] | None = None
+    training_domain: TrainingDomainCheck | None = None
     mc_samples: int | None = None
     refined: bool | None = None
 

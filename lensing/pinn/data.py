@@ -19,6 +19,8 @@ from ..scenarios import NONE_CLASS
 from ..synthetic import HostBatch, draw_batch_scenarios, generate_batch, sample_hosts
 from .encoding import theta_from_hosts
 
+MIN_REDSHIFT_GAP = 0.4  # z_source - z_lens of the random geometries
+
 
 @dataclass(frozen=True)
 class DataRecipe:
@@ -65,7 +67,7 @@ class MapBatch:
 
 def _random_geometry(rng: np.random.Generator, recipe: DataRecipe) -> tuple[LensGeometry, float]:
     z_lens = rng.uniform(*recipe.z_lens_range)
-    z_source = rng.uniform(z_lens + 0.4, recipe.z_source_max)
+    z_source = rng.uniform(z_lens + MIN_REDSHIFT_GAP, recipe.z_source_max)
     fov = float(np.exp(rng.uniform(*np.log(recipe.fov_range))))
     return lens_geometry(round(z_lens, 4), round(z_source, 4)), fov
 

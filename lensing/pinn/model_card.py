@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .domain import TrainingDomain
+
 
 def _table(rows: list[list[str]]) -> str:
     header, *body = rows
@@ -66,6 +68,10 @@ def _provenance_lines(source: dict | None, depth: int = 0) -> str:
     return line + _provenance_lines(source.get("initialised_from"), depth + 1)
 
 
+def _domain_lines(card: dict) -> str:
+    return "\n".join(f"- {name}: {text}" for name, text in TrainingDomain.from_card(card).describe().items())
+
+
 def render_markdown(card: dict) -> str:
     """A human-readable card: training command, data recipe, seed, calibration, measured metrics."""
     return f"""# Model card: {card.get('name', 'PINN')} {card.get('version', '')}
@@ -87,6 +93,14 @@ def render_markdown(card: dict) -> str:
 ```json
 {json.dumps(card.get('data_recipe', {}), indent=2)}
 ```
+
+## Training domain
+
+The figures below hold for maps like the training maps; outside this domain the network extrapolates and
+its intervals are not calibrated. Every result says whether its map and estimates lie inside
+(`training_domain`), and names what does not.
+
+{_domain_lines(card)}
 
 ## Calibration
 

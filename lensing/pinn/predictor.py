@@ -33,6 +33,7 @@ from ..limits import INFERENCE_NOISE_SIGMA, MC_SAMPLES, InputError, check_intege
 from ..noise import estimate_noise_sigma
 from ..scenarios import CLASS_DESCRIPTIONS, CLASS_NAMES
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, load_weights
+from .domain import TrainingDomain
 from .encoding import (
     REPORTED,
     ThetaScaler,
@@ -101,6 +102,7 @@ class PredictionBatch:
     mutual_information: np.ndarray
     noise_sigma: np.ndarray  # (B,) per-pixel sigma the network was given
     noise_estimated: np.ndarray  # (B,) bool: estimated from the map (True) or given by the caller
+    outside_training: list[dict[str, str]]  # per map, {name: why} for what lies outside the training maps
     mc_samples: int
     refined: bool
 
@@ -124,6 +126,8 @@ class PredictionBatch:
                     "mutual_information": float(self.mutual_information[k]),
                     "noise_sigma": float(self.noise_sigma[k]),
                     "noise_sigma_source": NOISE_SOURCES[int(self.noise_estimated[k])],
+                    "training_domain": {"inside": not self.outside_training[k],
+                                        "outside": self.outside_training[k]},
                     "mc_samples": self.mc_samples,
                     "refined": self.refined,
                 }
@@ -144,6 +148,7 @@ class Predictor:
         self.card = card
         self.scaler = ThetaScaler(**{k: tuple(v) for k, v in card["theta_scaler"].items()})
         self.calibration = card.get("calibration")
+        self.domain = TrainingDomain.from_card(card)
 
     @classmethod
     def from_files(cls, weights: str | Path, card: str | Path, device: str = "auto") -> Predictor:
@@ -174,6 +179,7 @@ class Predictor:
             "calibration": self.calibration,
             "sha256": self.card.get("sha256"),
             "metrics": self.card.get("metrics", {}),
+            "training_domain": self.domain.describe(),
             "device": str(self.device),
         }
 
@@ -209,9 +215,10 @@ class Predictor:
             spread = reported_std_from_covariance(centre_theta, covariance.numpy(), geometry.lens, geometry.fov_kpc)
             spread = np.nan_to_num(spread, nan=np.inf)
         half68 = half95 = None
+        sigma_at_input = noise_at_input(sigma, array.shape[-1], size)
         if mc_samples > 1 or refine:
             widest = UNCONSTRAINED_SPREAD * spread_units(geometry.fov_kpc)
-            scales = self._scales(refine, noise_at_input(sigma, array.shape[-1], size), summary.class_probs)
+            scales = self._scales(refine, sigma_at_input, summary.class_probs)
             half68, half95 = (np.minimum(scales[level] * spread, widest) for level in ("68", "95"))
         angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
         values, uncertainties = _physical(centre, half68, half95, angle, geometry)
@@ -228,6 +235,7 @@ class Predictor:
             mutual_information=summary.mutual_information,
             noise_sigma=sigma,
             noise_estimated=estimated,
+            outside_training=self.domain.outside(values, geometry, sigma_at_input),
             mc_samples=mc_samples,
             refined=bool(refine),
         )

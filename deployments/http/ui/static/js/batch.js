@@ -37,13 +37,14 @@ function csvOf(items) {
   const header = ["index", "job_id", "status", "error", "true_M_vir", "true_scale_radius", "true_ellipticity",
     "true_position_angle", ...PARAMETERS.flatMap((p) => [`pred_${p}`, `${p}_p16`, `${p}_p84`, `${p}_p2_5`, `${p}_p97_5`]),
     "pred_position_angle", "position_angle_std", "predicted_class", ...classes.map((c) => `p_${c}`), "entropy",
-    "mutual_information", "seed"];
+    "mutual_information", "inside_training_domain", "outside_training_domain", "seed"];
   const rows = items.map((item) => {
     const r = item.result || {}, t = r.truth || {}, p = r.predictions || {}, u = r.uncertainties || {};
     return [item.index, item.job_id, item.status, item.error, t.M_vir, t.scale_radius, t.ellipticity, t.position_angle,
       ...PARAMETERS.flatMap((k) => [p[k], u[`${k}_p16`], u[`${k}_p84`], u[`${k}_p2_5`], u[`${k}_p97_5`]]),
       p.position_angle, u.position_angle_std, r.predicted_class, ...classes.map((c) => r.classification?.[c]),
-      r.entropy, r.mutual_information, r.seed];
+      r.entropy, r.mutual_information, r.training_domain?.inside,
+      Object.keys(r.training_domain?.outside || {}).join(" "), r.seed];
   });
   return csv(header, rows);
 }
@@ -52,7 +53,7 @@ function resultsTable(items, sweep) {
   const k = sweep.key;
   const range = (u, lo, hi) => (u ? `${num(u[`${k}_${lo}`])} to ${num(u[`${k}_${hi}`])}` : "–");
   return el("table", { class: "numbers" }, el("caption", {}, `Results: ${sweep.label}`),
-    el("thead", {}, el("tr", {}, ...["#", "true", "predicted", "68 %", "95 %", "scenario", "status"]
+    el("thead", {}, el("tr", {}, ...["#", "true", "predicted", "68 %", "95 %", "scenario", "training domain", "status"]
       .map((h) => el("th", { scope: "col" }, h)))),
     el("tbody", {}, ...items.map((item) => {
       const r = item.result;
@@ -60,6 +61,8 @@ function resultsTable(items, sweep) {
         el("td", {}, num(r?.predictions?.[k])), el("td", {}, range(r?.uncertainties, "p16", "p84")),
         el("td", {}, range(r?.uncertainties, "p2_5", "p97_5")),
         el("td", {}, r ? `${r.predicted_class} (${percent(r.classification[r.predicted_class])})` : "–"),
+        el("td", {}, !r?.training_domain ? "–" : r.training_domain.inside ? "inside"
+          : `outside: ${Object.keys(r.training_domain.outside).join(", ")}`),
         el("td", {}, item.error ? `${item.status}: ${item.error}` : item.status));
     })));
 }

@@ -80,6 +80,15 @@ function estimatesTable(series, truth) {
     el("thead", {}, head), el("tbody", {}, ...rows, angle));
 }
 
+/** A note when the map or its estimate lies outside the model's training domain (none inside it). */
+function domainWarning(domain) {
+  if (!domain || domain.inside) return [];
+  return [el("p", { class: "warning", id: "infer-domain" },
+    el("strong", {}, "Outside the model's training domain: "),
+    Object.entries(domain.outside).map(([name, why]) => `${name} ${why}`).join("; ") +
+    ". Here the network extrapolates and its intervals are not calibrated.")];
+}
+
 /** Wire the Infer tab (`ctx`: {openapi, inputSize()}); returns use(map), for a map from the Generate tab. */
 export function setupInfer(panel, ctx) {
   const form = new Form(panel.querySelector("form"), "infer", ctx.openapi, "InferenceRequest");
@@ -182,9 +191,9 @@ export function setupInfer(panel, ctx) {
     results.hidden = false;
     const latest = run.series.at(-1);
     const geometry = Object.fromEntries(GEOMETRY.map((name) => [name, run.options[name]]));
-    panel.querySelector("#infer-estimates").replaceChildren(
-      intervalsPlot(ESTIMATES, run.series, input.truth), estimatesTable(run.series, input.truth));
     const r = latest.result;
+    panel.querySelector("#infer-estimates").replaceChildren(...domainWarning(r.training_domain),
+      intervalsPlot(ESTIMATES, run.series, input.truth), estimatesTable(run.series, input.truth));
     panel.querySelector("#infer-classes").replaceChildren(
       el("h3", {}, `Scenario: ${r.predicted_class}`), classBars(r.classification, r.predicted_class),
       el("p", {}, `Predictive entropy ${num(r.entropy)} nats (at most ln ${Object.keys(r.classification).length} = ` +
