@@ -8,7 +8,7 @@ Metrics (same definitions everywhere, recomputable from the shards):
 - classification: accuracy over maps with a scenario ("none", no detectable substructure, counts as
   wrong there), the share of smooth hosts reported as "none", mean predictive entropy.
 - inside_training_domain: the share of maps whose inputs and estimates lie where the model was trained
-  (a box beyond the training box gives extrapolations, whose intervals are not calibrated).
+  (outside it the network extrapolates and its intervals are not calibrated).
 """
 
 from __future__ import annotations
@@ -306,9 +306,8 @@ def render_report(summary: dict, config: SweepConfig) -> str:
     inside = summary["overall"].get("inside_training_domain")
     if inside is not None and inside < 1:
         lines += [f"**{100 * (1 - inside):.1f} % of the maps lie outside the model's training domain** (column "
-                  "`outside_training_domain` names what: an estimate beyond the training box, a geometry or noise "
-                  "the model was not trained on): there its estimates extrapolate and its intervals are not "
-                  "calibrated.", ""]
+                  "`outside_training_domain` names what: an estimate or a noise level beyond the training maps'): "
+                  "there its estimates extrapolate and its intervals are not calibrated.", ""]
     if summary["failed_shards"]:
         lines += ["**Incomplete**: these shards failed; rerun the same command to retry only them.", ""]
         lines += [f"- shard {f['shard']}: {f['error']}" for f in summary["failed_shards"]] + [""]

@@ -289,6 +289,9 @@ def test_evaluate_writes_metrics_and_plots(predictor, tmp_path):
     for block in (mode for modes in metrics["sets"].values() for mode in modes.values()):
         assert set(block["coverage_68"]) == set(block["coverage_95"]) == set(block["coverage_within_goal"]) == {
             "log10_M_vir", "log10_r_s", "ellipticity", "center_x_kpc", "center_y_kpc"}
+        assert 0 <= block["inside_training_domain"] <= 1
+    assert [name for name, modes in metrics["sets"].items() if not modes["network"]["goals_apply"]] == [
+        "galaxy_halos", "galaxy_halos_250_kpc_field"]
     accuracy = metrics["scenario_accuracy"]
     assert metrics["scenario_accuracy_stderr"] == pytest.approx(np.sqrt(accuracy * (1 - accuracy) / visible))
     for key in ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "coverage_68", "coverage_95"):

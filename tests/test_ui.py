@@ -338,7 +338,7 @@ def test_infer_an_uploaded_fits_with_intervals_classes_refinement_and_residual(p
 
 
 def test_infer_warns_when_the_estimate_lies_outside_the_training_domain(page, tmp_path):
-    path = tmp_path / "galaxy.fits"  # a 1e12 Msun Duffy halo: r_s ~ 33 kpc, below the training box
+    path = tmp_path / "galaxy.fits"  # a 1e12 Msun Duffy halo: r_s ~ 33 kpc, 0.03 of the field (trained: 0.05-0.5)
     write_fits(path, generate_map(MapRequest(M_vir=1e12, grid_size=64)))
     find(page, "#tab-infer").click()
     find(page, "#infer-file").send_keys(str(path))
@@ -346,7 +346,7 @@ def test_infer_warns_when_the_estimate_lies_outside_the_training_domain(page, tm
     type_into(page, "#infer-mc-samples", "10")
     find(page, "#infer-form button[type=submit]").click()
     warning = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#infer-domain"), 90, "no warning")[0].text
-    assert warning.startswith("Outside the model's training domain: r_s estimate") and "[50, 500] kpc" in warning
+    assert warning.startswith("Outside the model's training domain: r_s estimate") and "0.05 to 0.5" in warning
     assert console_errors(page) == []
 
 
@@ -365,7 +365,8 @@ def test_batch_sweep_progress_reaches_100_with_plot_table_and_csv(page, screensh
     assert len(page.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")) == 4
     domains = [row.find_elements(By.CSS_SELECTOR, "td")[5].text
                for row in page.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")]
-    # Duffy et al. (2008) halos: r_s ~ 33 kpc at 1e12 Msun lies below the training box, ~86 kpc at 1e13 inside it
+    # Duffy et al. (2008) halos in a 1000 kpc field: r_s ~ 33 kpc at 1e12 Msun is under the training maps' 0.05
+    # of the field, ~86 kpc at 1e13 inside
     assert domains[0] == "outside: r_s" and domains[3] == "inside", domains
     screenshot(page, screenshots / "batch.png")
     find(page, "#batch-csv").click()
@@ -411,6 +412,8 @@ def test_model_card_tab(page, screenshots):
     assert counts == [n for row in card["metrics"]["confusion_matrix"] for n in row]
     smooth_mass = card["metrics"]["sets"]["smooth"]["network"]["coverage_68"]["log10_M_vir"]
     assert "Coverage" in text(page, "#model-card") and f"{100 * smooth_mass:.1f} %" in text(page, "#model-card")
+    assert "Training domain" in text(page, "#model-card") and "0.05 to 0.5 of the field of view" in text(
+        page, "#model-card")
     plots = sorted(p.name for p in PLOTS.glob("*.png"))
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model-card img")) == len(plots), 30)
     wait(page, lambda d: d.execute_script(

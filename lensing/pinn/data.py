@@ -81,11 +81,13 @@ def make_batch(
     noise_sigma: float | None = None,
     scenario_fraction: float | None = None,
     max_offset: float | None = None,
+    hosts: HostBatch | None = None,
 ) -> MapBatch:
     """A batch of maps. Fixed geometry/fov/noise/scenario_fraction override the recipe's random draws;
-    a fixed `max_offset` puts every halo uniformly within +-max_offset of the field (0: centred)."""
+    a fixed `max_offset` puts every halo uniformly within +-max_offset of the field (0: centred); `hosts`
+    (of `size` maps) replaces the draw over the box."""
     frac = recipe.scenario_fraction if scenario_fraction is None else scenario_fraction
-    hosts = sample_hosts(size, rng, scenario_probability=frac)
+    hosts = sample_hosts(size, rng, scenario_probability=frac) if hosts is None else hosts
     if max_offset is None:
         shifted = rng.random(size) < recipe.offset_fraction
         offsets = np.where(shifted, rng.uniform(-recipe.max_offset, recipe.max_offset, (2, size)), 0.0)

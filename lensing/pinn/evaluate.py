@@ -3,8 +3,11 @@
 Held-out sets (from a seed the user gives, never one used in training or calibration), `EVALUATION_SETS`:
 smooth centred maps at the default geometry (the headline), another geometry, noisy maps at three noise
 levels, off-centre halos, maps with scenarios (classification; its own, larger size) and everything at
-once. Every map goes through the public Predictor as the service runs it: the noise level is estimated
-from the map. Writes DIR/metrics.json and, per set, a coverage plot and a predicted-against-true plot.
+once; then two sets outside the training domain (`lensing.pinn.domain`), to measure what its results
+warn about: realistic galaxy halos (Duffy et al. 2008 concentrations, r_s below the box) in the default
+field, where they span a few pixels, and in a 250 kpc field, where they are resolved. Every map goes
+through the public Predictor as the service runs it: the noise level is estimated from the map. Writes
+DIR/metrics.json and, per set, a coverage plot and a predicted-against-true plot.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
+from ..halo import duffy_concentration, r200_from_mass
+from ..limits import ELLIPTICITY
 from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS, SCENARIOS
+from ..synthetic import NO_SCENARIO, HostBatch
 from .calibration import LEVELS
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
@@ -43,6 +49,15 @@ class EvaluationSet:
     max_offset: float = 0.0  # per axis, fraction of the field of view
     refine: bool = False  # also measure the refined mode (costly)
     classification: bool = False  # the scenario set: its size is n_scenarios
+    duffy_masses: tuple[float, float] | None = None  # hosts of this M_vir range with Duffy c, not box draws
+
+    @property
+    def goals_apply(self) -> bool:
+        """Hosts drawn like the training maps' (the coverage goals apply); the galaxy sets' are not."""
+        return self.duffy_masses is None
+
+
+GALAXY_MASSES = (1e11, 3e12)  # Msun: Duffy r_s ~ 11 to 49 kpc at z 0.5, all below the box's 50 kpc
 
 
 EVALUATION_SETS = {
@@ -54,7 +69,20 @@ EVALUATION_SETS = {
     "off_centre": EvaluationSet(max_offset=0.1),
     "scenarios": EvaluationSet(scenario_fraction=1.0, classification=True),
     "all_at_once": EvaluationSet(geometry=OTHER_GEOMETRY, noise_sigma=0.01, scenario_fraction=0.75, max_offset=0.1),
+    "galaxy_halos": EvaluationSet(duffy_masses=GALAXY_MASSES),
+    "galaxy_halos_250_kpc_field": EvaluationSet(geometry=MapGeometry(fov_kpc=250.0), duffy_masses=GALAXY_MASSES),
 }
+
+
+def duffy_hosts(size: int, rng: np.random.Generator, masses: tuple[float, float], geometry: MapGeometry) -> HostBatch:
+    """Smooth hosts with M_vir log-uniform in `masses`, r_s from the Duffy et al. (2008) concentration at the
+    geometry's z_lens, e uniform over the box, position angle uniform."""
+    lens = geometry.lens
+    mass = 10 ** rng.uniform(np.log10(masses[0]), np.log10(masses[1]), size)
+    r_s = r200_from_mass(mass, lens.rho_crit) / duffy_concentration(mass, lens.z_lens, lens.H0 / 100.0)
+    ellipticity = rng.uniform(*ELLIPTICITY.endpoints, size)
+    angle = rng.uniform(0.0, 180.0, size)
+    return HostBatch(mass, r_s, ellipticity, angle, np.full(size, NO_SCENARIO), rng.integers(0, 2**62, size))
 
 
 def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_samples: int, refine: bool) -> dict:
@@ -63,12 +91,13 @@ def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_sam
     recipe = DataRecipe()
     geometry = spec.geometry
     parts: dict[str, list] = {k: [] for k in ("truth", "centre", "half68", "half95", "probs", "scenario", "drawn",
-                                              "noise")}
+                                              "noise", "inside")}
     for start in range(0, n, CHUNK):
         size = min(CHUNK, n - start)
+        hosts = None if spec.duffy_masses is None else duffy_hosts(size, rng, spec.duffy_masses, geometry)
         batch = make_batch(size, rng, recipe, geometry=geometry.lens, fov_kpc=geometry.fov_kpc,
                            noise_sigma=spec.noise_sigma, scenario_fraction=spec.scenario_fraction,
-                           max_offset=spec.max_offset)
+                           max_offset=spec.max_offset, hosts=hosts)
         result = predictor.predict_batch(batch.maps.numpy().astype(np.float64), geometry, mc_samples, refine,
                                          seed=list(range(seed * 1_000_003 + start, seed * 1_000_003 + start + size)))
         parts["truth"].append(reported_array(batch.theta.double().numpy(), geometry.lens, geometry.fov_kpc))
@@ -79,6 +108,7 @@ def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_sam
         parts["scenario"].append(batch.scenario.numpy())
         parts["drawn"].append(batch.drawn_scenario)
         parts["noise"].append(result.noise_sigma)
+        parts["inside"].append(np.array([not outside for outside in result.outside_training]))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -97,6 +127,7 @@ def summarise_set(arrays: dict) -> dict:
         "median_abs_de": float(np.median(np.abs(err[:, 2]))),
         "median_abs_dcenter_kpc": float(np.median(np.abs(err[:, 3:5]))),
         "median_noise_sigma_estimate": float(np.median(arrays["noise"])),
+        "inside_training_domain": float(np.mean(arrays["inside"])),  # share of maps whose result says inside
         "coverage_68": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half68"][:, i]))
                         for i, name in enumerate(REPORTED)},
         "coverage_95": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half95"][:, i]))
@@ -196,6 +227,7 @@ def evaluate(
             arrays = run_set(predictor, size, seed + offset, spec, mc_samples, refine)
             block = summarise_set(arrays)
             block["coverage_within_goal"] = coverage_goals_met(block)
+            block["goals_apply"] = spec.goals_apply
             results.setdefault(name, {})[mode] = block
             title = f"{name}, {mode} (z_l {spec.geometry.z_lens:g}, z_s {spec.geometry.z_source:g})"
             _plot_scatter(arrays, title, output / f"pred_vs_true_{name}_{mode}.png")

@@ -235,7 +235,7 @@ class Predictor:
             mutual_information=summary.mutual_information,
             noise_sigma=sigma,
             noise_estimated=estimated,
-            outside_training=self.domain.outside(values, geometry, sigma_at_input),
+            outside_training=self.domain.outside(centre_theta, geometry.fov_kpc, sigma_at_input),
             mc_samples=mc_samples,
             refined=bool(refine),
         )

@@ -25,12 +25,21 @@ function table(caption, head, rows) {
 function accuracy(blocks) {
   return table("Accuracy on held-out maps (never seen in training)",
     ["set", "maps", "median |Δlog₁₀ M|", "median |Δr_s|/r_s", "median |Δe|", "median |Δcentre| (kpc)",
-      "scenario accuracy", "smooth maps reported as none"],
+      "scenario accuracy", "smooth maps reported as none", "results inside the training domain"],
     blocks.map(([label, b]) => [label, String(b.n_maps ?? "–"), num(b.median_abs_dlog10_M), num(b.median_rel_err_rs),
       num(b.median_abs_de), b.median_abs_dcenter_kpc != null ? num(b.median_abs_dcenter_kpc) : "–",
       b.scenario_accuracy != null
         ? `${percent(b.scenario_accuracy)}${b.scenario_accuracy_stderr != null ? ` ± ${percent(b.scenario_accuracy_stderr)}` : ""}` : "–",
-      b.none_rate_on_smooth != null ? percent(b.none_rate_on_smooth) : "–"]));
+      b.none_rate_on_smooth != null ? percent(b.none_rate_on_smooth) : "–",
+      b.inside_training_domain != null ? percent(b.inside_training_domain) : "–"]));
+}
+
+/** Where the model was trained, in its own terms (GET /api/v1/models' training_domain). */
+function trainingDomain(domain) {
+  if (!domain || !Object.keys(domain).length) return null;
+  return el("section", {}, el("h3", {}, "Training domain"),
+    el("p", {}, "The figures below hold for maps like the training maps; each result says whether it lies inside."),
+    el("dl", { class: "facts" }, ...Object.entries(domain).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
 }
 
 function coverage(blocks) {
@@ -69,7 +78,8 @@ export function setupModel(panel, ctx) {
       const [card, { plots }] = await Promise.all([api("api/v1/models/card"), api("api/v1/models/card/plots")]);
       const metrics = card.metrics || {};
       const blocks = metricBlocks(metrics);
-      const classes = (await ctx.modelInfo())?.class_names || ["CDM", "WDM", "SIDM"];
+      const info = await ctx.modelInfo();
+      const classes = info?.class_names || ["CDM", "WDM", "SIDM"];
       const matrix = metrics.confusion_matrix || blocks.map(([, b]) => b.confusion_matrix).find(Boolean);
       const facts = [["weights SHA-256", el("code", {}, card.sha256 || "–")],
         ["trained by", el("code", {}, card.training_command || "–")],
@@ -79,7 +89,7 @@ export function setupModel(panel, ctx) {
       box.replaceChildren(
         el("h2", {}, `${card.name || "PINN"} ${card.version || ""}`), el("p", {}, card.description || ""),
         el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
-        accuracy(blocks), coverage(blocks), matrix ? confusion(matrix, classes) : null,
+        trainingDomain(info?.training_domain), accuracy(blocks), coverage(blocks), matrix ? confusion(matrix, classes) : null,
         el("div", { class: "card-plots" }, ...(await Promise.all(plots.map(plotFigure)))),
         el("details", {}, el("summary", {}, "The whole card (JSON)"), el("pre", {}, JSON.stringify(card, null, 2))));
       loaded = true;
