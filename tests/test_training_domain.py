@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,6 +82,18 @@ def test_a_galaxy_halo_is_outside_in_a_wide_field_and_inside_in_a_narrow_one(pre
     assert list(wide["outside"]) == ["r_s"] and "trained on 0.05 to 0.5 of it" in wide["outside"]["r_s"]
     narrow = MapGeometry(fov_kpc=250.0)
     assert domain_of(predictor, MapRequest(M_vir=1e12, grid_size=64, fov_kpc=250.0), narrow)["inside"]
+
+
+@pytest.mark.parametrize("mass, scale_radius, fov_kpc", [(1e12, None, 1000.0), (1e14, 450.0, 600.0)])
+def test_the_field_the_message_suggests_puts_the_halo_inside(predictor: Predictor, mass: float,
+                                                             scale_radius: float | None, fov_kpc: float) -> None:
+    """A galaxy halo too small for its field and a cluster too large for it: rendered again in the field the
+    r_s message names, each is inside."""
+    request = MapRequest(M_vir=mass, scale_radius=scale_radius, grid_size=64, fov_kpc=fov_kpc)
+    message = domain_of(predictor, request, MapGeometry(fov_kpc=fov_kpc))["outside"]["r_s"]
+    suggested = float(re.search(r"a field of about ([0-9.e+]+) kpc would hold it", message).group(1))
+    refitted = MapRequest(M_vir=mass, scale_radius=scale_radius, grid_size=64, fov_kpc=suggested)
+    assert domain_of(predictor, refitted, MapGeometry(fov_kpc=suggested)) == {"inside": True, "outside": {}}
 
 
 def test_the_check_separates_the_results_to_trust_from_the_others(predictor: Predictor) -> None:

@@ -68,6 +68,11 @@ class TrainingDomain:
             "geometry": "any field of view and redshifts: the network sees only the map",
         }
 
+    def fitting_fov_kpc(self, r_s_kpc: float) -> float:
+        """The field of view that puts r_s at the middle (geometric mean) of the trained fractions: what to
+        render or crop a map to when its halo is too small or too large for its field."""
+        return r_s_kpc / math.sqrt(self.r_s_fraction.low * self.r_s_fraction.high)
+
     def outside(self, theta: np.ndarray, fov_kpc: float, sigma_at_input: np.ndarray) -> list[dict[str, str]]:
         """Per map, {name: why} for each estimate in theta (B, 6) or noise sigma (at the network's resolution)
         outside the training maps' range; empty inside."""
@@ -81,7 +86,8 @@ class TrainingDomain:
                                       f"{self.kappa_s.high:.3g}")
             if fraction not in self.r_s_fraction:
                 outside["r_s"] = (f"estimate {fraction * fov_kpc:.3g} kpc, {fraction:.3g} of the {fov_kpc:g} kpc "
-                                  f"field; trained on {self.r_s_fraction.low:g} to {self.r_s_fraction.high:g} of it")
+                                  f"field; trained on {self.r_s_fraction.low:g} to {self.r_s_fraction.high:g} of it: "
+                                  f"a field of about {self.fitting_fov_kpc(fraction * fov_kpc):.3g} kpc would hold it")
             ellipticity = math.hypot(e1, e2)
             if ellipticity not in self.ellipticity:
                 outside["ellipticity"] = f"estimate {ellipticity:.3g}; trained on {self.ellipticity.text()}"
