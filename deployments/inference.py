@@ -119,4 +119,5 @@ class Inference:
         except InputError as exc:
             raise invalid_input(exc, (), REQUEST_FIELDS) from None
         seed = options.seed if options.seed is not None else new_seed()
-        return InferenceItem(kappa, geometry, options.mc_samples, seed, options.refine, options.noise_sigma)
+        return InferenceItem(kappa, geometry, options.mc_samples, seed, options.refine, options.noise_sigma,
+                             options.symmetrize)

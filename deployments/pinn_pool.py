@@ -58,6 +58,7 @@ class InferenceItem:
     seed: int
     refine: bool = False
     noise_sigma: float | None = None  # None: estimated from the map
+    symmetrize: bool = False  # pool the map's eight turned and mirrored views (8x the compute)
 
 
 @dataclass
@@ -111,7 +112,7 @@ class PINNPredictor:
             return [*self.predictor.predict(
                 [i.kappa for i in items], [i.geometry for i in items], mc_samples=[i.mc_samples for i in items],
                 refine=[i.refine for i in items], seed=[i.seed for i in items], max_mc_work=self.config.max_mc_work,
-                noise_sigma=[i.noise_sigma for i in items])]
+                noise_sigma=[i.noise_sigma for i in items], symmetrize=[i.symmetrize for i in items])]
         except Exception as exc:  # noqa: BLE001 - sorted out map by map below
             if len(items) == 1:
                 return [self._failure(exc)]

@@ -140,16 +140,16 @@ N_SET = 300
 COVERAGE_SETS = ("smooth", "noisy_sigma_0.01", "off_centre", "scenarios", "all_at_once")
 
 
-_HELD_OUT: dict[tuple[str, int], dict] = {}
+_HELD_OUT: dict[tuple[str, int, bool], dict] = {}
 
 
-def _held_out(predictor: Predictor, name: str, mc_samples: int = 50) -> dict:
-    """Summary of N_SET fresh maps of one evaluation set (computed once per set and mc_samples)."""
-    if (name, mc_samples) not in _HELD_OUT:
+def _held_out(predictor: Predictor, name: str, mc_samples: int = 50, symmetrize: bool = False) -> dict:
+    """Summary of N_SET fresh maps of one evaluation set (computed once per set, mc_samples and mode)."""
+    if (name, mc_samples, symmetrize) not in _HELD_OUT:
         seed = HELD_OUT_SEED + 100 + list(EVALUATION_SETS).index(name)
-        _HELD_OUT[name, mc_samples] = summarise_set(run_set(predictor, N_SET, seed, EVALUATION_SETS[name],
-                                                            mc_samples, False))
-    return _HELD_OUT[name, mc_samples]
+        _HELD_OUT[name, mc_samples, symmetrize] = summarise_set(run_set(
+            predictor, N_SET, seed, EVALUATION_SETS[name], mc_samples, False, symmetrize))
+    return _HELD_OUT[name, mc_samples, symmetrize]
 
 
 def _binomial_slack(p: float, n: int = N_SET, sigmas: float = 2.5) -> float:
@@ -164,6 +164,17 @@ def test_coverage_on_every_kind_of_map(predictor, name):
     admits a miss, the coverage is the one the card reports (3 standard errors of the difference): the card
     neither flatters the model nor hides a failure."""
     _coverage_as_card_says(_held_out(predictor, name), _card_block(predictor, name), N_SET)
+
+
+@pytest.mark.slow  # 300 maps per set, 8 views of 50 MC samples each
+@pytest.mark.parametrize("name", ("noisy_sigma_0.01", "all_at_once"))
+def test_symmetrized_coverage_and_accuracy(predictor, name):
+    """The network pooled over the eight views of each map: its own calibration covers as the card says, and
+    it is no less accurate than the card says."""
+    block = _held_out(predictor, name, symmetrize=True)
+    card = _card_block(predictor, name, "symmetrized")
+    _coverage_as_card_says(block, card, N_SET)
+    _no_worse_than_card(block, card, ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de"))
 
 
 def _coverage_as_card_says(block: dict, card: dict, n: int) -> None:
@@ -211,6 +222,19 @@ def test_noisy_maps_mass_and_scale_goals(predictor):
     block = summarise_set(run_set(predictor, N_GOAL, seed, EVALUATION_SETS["noisy_sigma_0.01"], 50, False))
     assert block["median_abs_dlog10_M"] <= 0.04
     assert block["median_rel_err_rs"] <= 0.08
+
+
+@pytest.mark.slow  # 2,000 maps, 8 views each (about 40 s)
+def test_symmetrized_noisy_maps_meet_the_mass_goal(predictor):
+    """At sigma_kappa = 0.01 the network pooled over each map's eight views meets the 0.04 dex goal in M (card:
+    0.038) on 2,000 fresh maps, without slack, and beats the plain network on the same maps in M and r_s
+    (its r_s, 8.0 % on the card, sits on the 8 % goal's edge and is not asserted against it)."""
+    seed, spec = HELD_OUT_SEED + 200, EVALUATION_SETS["noisy_sigma_0.01"]
+    views = summarise_set(run_set(predictor, N_GOAL, seed, spec, 50, False, symmetrize=True))
+    plain = summarise_set(run_set(predictor, N_GOAL, seed, spec, 50, False))
+    assert views["median_abs_dlog10_M"] <= 0.04
+    assert views["median_abs_dlog10_M"] < plain["median_abs_dlog10_M"]
+    assert views["median_rel_err_rs"] < plain["median_rel_err_rs"]
 
 
 def test_smooth_maps_are_reported_as_none(predictor):
@@ -297,7 +321,9 @@ def test_evaluate_writes_metrics_and_plots(predictor, tmp_path):
     for key in ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "coverage_68", "coverage_95"):
         assert key in metrics and key in metrics["refined"]
     for name, spec in EVALUATION_SETS.items():
-        for mode in ("network", "refined") if spec.refine else ("network",):
+        modes = ["network"] + ["refined"] * spec.refine + ["symmetrized"] * (spec.symmetrize and spec.goals_apply)
+        assert list(metrics["sets"][name]) == modes
+        for mode in modes:
             for plot in (f"pred_vs_true_{name}_{mode}.png", f"coverage_{name}_{mode}.png"):
                 assert (tmp_path / plot).stat().st_size > 1000, plot
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
@@ -320,6 +346,8 @@ def test_model_card_records_measurements():
                 "coverage_95", "confusion_matrix"):
         assert key in card["metrics"]
     assert "refined" in card["metrics"]
+    assert all("symmetrized" in card["metrics"]["sets"][name] for name, spec in EVALUATION_SETS.items()
+               if spec.goals_apply)
     assert 0 < card["metrics"]["scenario_accuracy_stderr"] < 0.01
     markdown = (PACKAGE_WEIGHTS_DIR / "pinn_card.md").read_text()
     for text in ("M [dex]", "accuracy", "Confusion matrix", "68 % coverage", "k68", *EVALUATION_SETS):
@@ -334,7 +362,8 @@ def test_refinement_is_calibrated_on_the_first_validation_maps(predictor):
     assert calibration["validation_maps"] == 250 and calibration["refined_validation_maps"] == 60
     assert sum(map(sum, calibration["group_maps"].values())) == 250
     assert sum(map(sum, calibration["refined_group_maps"].values())) == 60
-    for mode in ("network", "refined"):
+    assert sum(map(sum, calibration["symmetrized_group_maps"].values())) == 250
+    for mode in ("network", "refined", "symmetrized"):
         for level in ("68", "95"):
             for k_per_bin in calibration[mode][level]["none"].values():
                 assert len(k_per_bin) == len(calibration["noise_bin_edges"]) + 1

@@ -327,6 +327,30 @@ def test_stack_results_as_npy_and_fits_tables(live):
     assert list(entries[3]["training_domain"]["outside"]) == ["r_s"]
 
 
+def test_symmetrize_pools_the_eight_views_as_the_library_does(live):
+    """symmetrize=true (JSON field, query parameter, per map in a stack) gives the library's symmetrized result
+    for the same seed, says so, and differs from the plain network's."""
+    from lensing.pinn.predictor import Predictor
+
+    maps = stack_maps()[:2]
+    library = Predictor.from_package(device="cpu").predict([maps[0]], mc_samples=10, seed=5, symmetrize=True)[0]
+    by_json = infer(live, maps[0], mc_samples=10, seed=5, symmetrize=True)
+    by_npy = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 10, "seed": 5, "symmetrize": "true"},
+                           data=npy_bytes(maps[0]), headers={"Content-Type": NPY}, timeout=60).json()
+    plain = infer(live, maps[0], mc_samples=10, seed=5)
+    for result in (by_json, by_npy):
+        assert result["symmetrized"] is True
+        assert_same_result(result, library)
+    assert plain["symmetrized"] is False and plain["predictions"]["M_vir"] != by_json["predictions"]["M_vir"]
+    body = {"convergence_maps": [m.tolist() for m in maps], "mc_samples": 10, "seed": 5, "symmetrize": [True, False]}
+    entries = post_json(live, "/api/v1/inference", body).json()["results"]
+    assert [e["symmetrized"] for e in entries] == [True, False]
+    assert_same_result(entries[0], by_json)
+    table = np.load(io.BytesIO(post_json(live, "/api/v1/inference", body, headers={"Accept": NPY}).content),
+                    allow_pickle=False)
+    assert table["symmetrized"].tolist() == [True, False]
+
+
 def test_a_mixed_stack_answers_the_good_maps_and_names_the_bad_one(live):
     maps = stack_maps()
     maps[1] = np.where(np.eye(64) > 0, np.nan, maps[1])

@@ -227,14 +227,15 @@ def _fits_images(body: bytes) -> list[tuple[np.ndarray, fits.Header]]:
 
 def results_table(entries: list[dict]) -> np.ndarray:
     """The entries of a stack response as a structured numpy array, one row per map: index, status, seed,
-    mc_samples, refined, every prediction and uncertainty, prob_<class>, predicted_class, entropy, mutual
+    mc_samples, refined, symmetrized, every prediction and uncertainty, prob_<class>, predicted_class, entropy, mutual
     information, noise_sigma and its source, whether the map lies inside the training domain and the names of
     what lies outside it, comma-separated (NaN, -1, False or empty where a map has no result)."""
     done = [e for e in entries if e["status"] == 200]
     predictions = list(done[0]["predictions"]) if done else []
     uncertainties = sorted({key for e in done for key in (e.get("uncertainties") or {})})
     classes = list(done[0]["classification"]) if done else []
-    columns = [("index", "i8"), ("status", "i4"), ("seed", "i8"), ("mc_samples", "i4"), ("refined", "?")]
+    columns = [("index", "i8"), ("status", "i4"), ("seed", "i8"), ("mc_samples", "i4"), ("refined", "?"),
+               ("symmetrized", "?")]
     columns += [(name, "f8") for name in (*predictions, *uncertainties)]
     columns += [(f"prob_{name}", "f8") for name in classes]
     columns += [("predicted_class", "S16"), ("entropy", "f8"), ("mutual_information", "f8"), ("noise_sigma", "f8"),
@@ -251,6 +252,7 @@ def results_table(entries: list[dict]) -> np.ndarray:
         if entry["status"] != 200:
             continue
         row["mc_samples"], row["refined"] = entry["mc_samples"], entry["refined"]
+        row["symmetrized"] = entry["symmetrized"]
         for name, value in {**entry["predictions"], **(entry.get("uncertainties") or {})}.items():
             row[name] = value
         for name, value in entry["classification"].items():

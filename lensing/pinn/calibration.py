@@ -12,8 +12,9 @@ why). `lensing evaluate` measures the coverage this gives on each kind of map se
 Ten groups need many maps: a quantile of a few hundred ratios moves by several per cent from one
 validation seed to the next, and so did the coverage (2.2.0 weights, 3,000 maps: 73 of the 80 network
 coverage figures within goal on the evaluation seed, 67 on another; 12,000 maps: 77 and 75). The
-network's k come from `n_maps` maps (cheap: ~1.5 ms a map); the refined k from the first `refined_maps`
-of them, because each refinement costs ~70 ms.
+network's k come from `n_maps` maps (cheap: ~1.5 ms a map), and so do the symmetrized mode's (the network
+on the map's eight turned and mirrored views, pooled: ~12 ms a map); the refined k from the first
+`refined_maps` of them, because each refinement costs ~70 ms.
 """
 
 from __future__ import annotations
@@ -36,20 +37,29 @@ from .preprocess import noise_at_input
 CALIBRATION_SAMPLES = 50
 LEVELS = {"68": 0.6827, "95": 0.9545}
 MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one group and noise bin
+MODES = {  # the calibrated ways to run the network: predict_batch options
+    "network": {"refine": False, "symmetrize": False},
+    "refined": {"refine": True, "symmetrize": False},
+    "symmetrized": {"refine": False, "symmetrize": True},
+}
 
 
 def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray,
-                    members: dict[str, np.ndarray]) -> dict:
-    """{level: {group: {parameter: [k per noise bin]}}}, k the level-quantile of |error| / raw_std among the
-    maps of that group and bin. A bin with fewer than MIN_GROUP_MAPS maps takes its group's k over all
-    bins (the card's `group_maps` shows which), so that no map is left without an interval."""
+                    members: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict:
+    """{level: {group: {parameter: [k per noise bin]}}}, k the level-quantile of |error| / raw_std among the maps of
+    that group and bin (and, where `rows` (maps, parameters) is given, among the maps it marks for that parameter,
+    unless it marks fewer than MIN_GROUP_MAPS). A bin with fewer than MIN_GROUP_MAPS maps takes its group's k over
+    all bins (the card's `group_maps` shows which), so that no map is left without an interval."""
     ratio = np.abs(errors) / np.clip(raw_std, 1e-12, None)
     n_bins = len(NOISE_BIN_EDGES) + 1
+    rows = np.ones(ratio.shape, dtype=bool) if rows is None else rows.copy()
+    rows[:, rows.sum(axis=0) < MIN_GROUP_MAPS] = True  # too few marked maps: all of them
 
     def k(group: str, b: int, i: int, q: float) -> float:
-        chosen = ratio[members[group] & (bins == b), i]
+        in_group = members[group] & rows[:, i]
+        chosen = ratio[in_group & (bins == b), i]
         if chosen.size < MIN_GROUP_MAPS:
-            chosen = ratio[members[group], i] if members[group].sum() >= MIN_GROUP_MAPS else ratio[:, i]
+            chosen = ratio[in_group, i] if in_group.sum() >= MIN_GROUP_MAPS else ratio[rows[:, i], i]
         return float(np.quantile(chosen, q))
 
     return {
@@ -61,60 +71,71 @@ def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray,
 
 def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed: int, refined_maps: int | None = None,
                     chunk: int = 125) -> dict:
-    """Fit interval scales for 'network' (on `n_maps` validation maps from the training mixture) and
-    'refined' mode (on the first `refined_maps` of them; default all).
+    """Fit interval scales for 'network' and 'symmetrized' (on `n_maps` validation maps from the training
+    mixture) and 'refined' mode (on the first `refined_maps` of them; default all).
 
     The maps go through the Predictor without calibration, whose half-widths are then the raw spreads.
     """
     raw = predictor.uncalibrated()
     refined_maps = n_maps if refined_maps is None else min(refined_maps, n_maps)
+    counts = {"network": n_maps, "refined": refined_maps, "symmetrized": n_maps}
     rng = np.random.default_rng(seed)
-    errors: dict[bool, list] = {False: [], True: []}
-    spreads: dict[bool, list] = {False: [], True: []}
+    errors: dict[str, list] = {mode: [] for mode in MODES}
+    spreads: dict[str, list] = {mode: [] for mode in MODES}
     noise: list[np.ndarray] = []
-    probs: list[np.ndarray] = []
+    off_centre: list[np.ndarray] = []
+    probs: dict[str, list] = {mode: [] for mode in MODES}
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
         batch = make_batch(size, rng, recipe)
         lens = batch.geometries[0]
         geometry = MapGeometry(float(batch.fov_kpc[0]), lens.z_lens, lens.z_source)
         truth = reported_array(batch.theta.double().numpy(), lens, geometry.fov_kpc)
+        off_centre.append(np.any(truth[:, 3:5] != 0.0, axis=1))
         maps = batch.maps.numpy().astype(np.float64)
         seeds = list(range(start, start + size))
-        result = raw.predict_batch(maps, geometry, CALIBRATION_SAMPLES, False, seeds)
-        errors[False].append(result.centre - truth)
-        spreads[False].append(result.half68)
-        # a map's group is the same in both modes: its noise and the network's class probabilities
-        noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
-        probs.append(result.class_probs)
-        refined = min(size, refined_maps - start)
-        if refined > 0:
-            result = raw.predict_batch(maps[:refined], geometry, CALIBRATION_SAMPLES, True, seeds[:refined])
-            errors[True].append(result.centre - truth[:refined])
-            spreads[True].append(result.half68)
-    bins, members = noise_bin(np.concatenate(noise)), group_members(np.concatenate(probs))
-    # each mode's maps: all of them for the network, the first refined_maps for refinement
-    groups = {refine: (bins[:count], {group: chosen[:count] for group, chosen in members.items()})
-              for refine, count in ((False, n_maps), (True, refined_maps))}
-    fitted = {refine: interval_scales(np.concatenate(errors[refine]), np.concatenate(spreads[refine]), *groups[refine])
-              for refine in groups}
+        for mode, options in MODES.items():
+            count = min(size, counts[mode] - start)
+            if count <= 0:
+                continue
+            result = raw.predict_batch(maps[:count], geometry, CALIBRATION_SAMPLES, seed=seeds[:count], **options)
+            errors[mode].append(result.centre - truth[:count])
+            spreads[mode].append(result.half68)
+            probs[mode].append(result.class_probs)
+            if mode == "network":
+                noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
+    bins = noise_bin(np.concatenate(noise))
+    # a map's group: its noise bin and the class probabilities of the network run as in that mode
+    # (refinement keeps the network's; the eight views give their own)
+    groups = {mode: (bins[:counts[mode]], group_members(np.concatenate(probs["symmetrized" if mode == "symmetrized"
+                                                                                 else "network"])[:counts[mode]]))
+              for mode in MODES}
+    # A halo exactly on the pixel grid's centre is the same in all eight views, so their average cancels the
+    # network's bias in its centre: no real map is centred to the pixel, so the symmetrized centre's k rest
+    # on the maps whose halo is off the centre (on all of them, its centred maps' intervals over-cover).
+    rows = np.ones((counts["symmetrized"], len(REPORTED)), dtype=bool)
+    rows[:, 3:5] = np.concatenate(off_centre)[:, None]
+    fitted = {mode: interval_scales(np.concatenate(errors[mode]), np.concatenate(spreads[mode]), *groups[mode],
+                                    rows if mode == "symmetrized" else None)
+              for mode in MODES}
     return {
         "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e, centre kpc); spread = "
-                  "sqrt(MC Dropout std^2 + learned per-map spread^2) (network) or Laplace std of the fit "
-                  "(refined); k = quantile of |err| / spread on the training mixture, per group: the map's "
-                  "noise bin and whether it is reported as 'none'",
+                  "sqrt(MC Dropout std^2 + learned per-map spread^2) (network; symmetrized: over the pooled "
+                  "samples of the map's eight turned and mirrored views) or Laplace std of the fit (refined); "
+                  "k = quantile of |err| / spread on the training mixture, per mode and group: the map's noise "
+                  "bin and whether it is reported as 'none'",
         "noise_bin_edges": list(NOISE_BIN_EDGES),
         "noise_bin_variable": "noise sigma per pixel at the network's input resolution (given or estimated); "
                               "each k list has one entry per bin: below the first edge, between edges, above",
         "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", SUBSTRUCTURE: "all others"},
-        "group_maps": _maps_per_group(*groups[False]),
-        "refined_group_maps": _maps_per_group(*groups[True]),
+        "group_maps": _maps_per_group(*groups["network"]),
+        "refined_group_maps": _maps_per_group(*groups["refined"]),
+        "symmetrized_group_maps": _maps_per_group(*groups["symmetrized"]),
         "mc_samples": CALIBRATION_SAMPLES,
         "validation_maps": int(n_maps),
         "refined_validation_maps": int(refined_maps),
         "validation_seed": int(seed),
-        "network": fitted[False],
-        "refined": fitted[True],
+        **fitted,
     }
 
 

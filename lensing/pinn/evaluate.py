@@ -6,8 +6,10 @@ levels, off-centre halos, maps with scenarios (classification; its own, larger s
 once; then two sets outside the training domain (`lensing.pinn.domain`), to measure what its results
 warn about: realistic galaxy halos (Duffy et al. 2008 concentrations, r_s below the box) in the default
 field, where they span a few pixels, and in a 250 kpc field, where they are resolved. Every map goes
-through the public Predictor as the service runs it: the noise level is estimated from the map. Writes
-DIR/metrics.json and, per set, a coverage plot and a predicted-against-true plot.
+through the public Predictor as the service runs it: the noise level is estimated from the map. Each
+set drawn like the training maps is measured in the network mode and the symmetrized mode (the network
+averaged over the map's eight turned and mirrored views), two of them also refined. Writes
+DIR/metrics.json and, per set and mode, a coverage plot and a predicted-against-true plot.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..halo import duffy_concentration, r200_from_mass
 from ..limits import ELLIPTICITY
 from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS, SCENARIOS
 from ..synthetic import NO_SCENARIO, HostBatch
-from .calibration import LEVELS
+from .calibration import LEVELS, MODES
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
@@ -48,6 +50,7 @@ class EvaluationSet:
     scenario_fraction: float = 0.0
     max_offset: float = 0.0  # per axis, fraction of the field of view
     refine: bool = False  # also measure the refined mode (costly)
+    symmetrize: bool = True  # also measure the symmetrized mode (the eight views: 8x the network's cost)
     classification: bool = False  # the scenario set: its size is n_scenarios
     duffy_masses: tuple[float, float] | None = None  # hosts of this M_vir range with Duffy c, not box draws
 
@@ -85,7 +88,8 @@ def duffy_hosts(size: int, rng: np.random.Generator, masses: tuple[float, float]
     return HostBatch(mass, r_s, ellipticity, angle, np.full(size, NO_SCENARIO), rng.integers(0, 2**62, size))
 
 
-def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_samples: int, refine: bool) -> dict:
+def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_samples: int, refine: bool,
+            symmetrize: bool = False) -> dict:
     """Predict a held-out set; returns arrays of truths, predictions and interval widths."""
     rng = np.random.default_rng(seed)
     recipe = DataRecipe()
@@ -99,7 +103,8 @@ def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_sam
                            noise_sigma=spec.noise_sigma, scenario_fraction=spec.scenario_fraction,
                            max_offset=spec.max_offset, hosts=hosts)
         result = predictor.predict_batch(batch.maps.numpy().astype(np.float64), geometry, mc_samples, refine,
-                                         seed=list(range(seed * 1_000_003 + start, seed * 1_000_003 + start + size)))
+                                         seed=list(range(seed * 1_000_003 + start, seed * 1_000_003 + start + size)),
+                                         symmetrize=symmetrize)
         parts["truth"].append(reported_array(batch.theta.double().numpy(), geometry.lens, geometry.fov_kpc))
         parts["centre"].append(result.centre)
         parts["half68"].append(result.half68)
@@ -222,9 +227,9 @@ def evaluate(
     started = time.time()
     for offset, (name, spec) in enumerate(EVALUATION_SETS.items()):
         size = (n_scenarios or n) if spec.classification else n
-        for refine in (False, True) if spec.refine else (False,):
-            mode = "refined" if refine else "network"
-            arrays = run_set(predictor, size, seed + offset, spec, mc_samples, refine)
+        modes = ["network"] + ["refined"] * spec.refine + ["symmetrized"] * (spec.symmetrize and spec.goals_apply)
+        for mode in modes:
+            arrays = run_set(predictor, size, seed + offset, spec, mc_samples, **MODES[mode])
             block = summarise_set(arrays)
             block["coverage_within_goal"] = coverage_goals_met(block)
             block["goals_apply"] = spec.goals_apply
@@ -232,7 +237,7 @@ def evaluate(
             title = f"{name}, {mode} (z_l {spec.geometry.z_lens:g}, z_s {spec.geometry.z_source:g})"
             _plot_scatter(arrays, title, output / f"pred_vs_true_{name}_{mode}.png")
             _plot_coverage(arrays, title, output / f"coverage_{name}_{mode}.png")
-            if spec.classification:
+            if spec.classification and mode == "network":
                 _plot_confusion(block["confusion_matrix"], output / "confusion_matrix.png")
     scenarios = results["scenarios"]["network"]
     headline = results["smooth"]["network"] | {

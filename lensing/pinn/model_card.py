@@ -113,20 +113,25 @@ its intervals are not calibrated. Every result says whether its map and estimate
 
 ## Calibration
 
-An interval is centre +/- k x raw spread, per reported quantity. For the network alone the raw spread
-is sqrt(MC Dropout std^2 + learned spread^2): the spread of the dropout samples (what the network does
-not know) and the head's own per-map estimate of its error (what the map does not say: noise,
-substructure, a halo buried in noise). With refinement it is the Laplace standard deviation of the fit.
-k68 and k95 are the 68th and 95th percentiles of |error| / raw spread on validation maps drawn from the
-training mixture, fitted separately for each group of maps: the map's noise bin (`noise_bin_edges`: its
-noise sigma per pixel at the network's input resolution, given or estimated; each k list has one entry
-per bin, from clean to the noisiest) crossed with whether it is reported as "none" or as carrying
-substructure (`groups`). Both are known from the map alone, so the service picks each map's k the same
-way. k near 1 at 68 % and near 2 at 95 % mean the raw spreads were already honest Gaussian errors for
-maps of that group; larger or smaller k mean they were too narrow or too wide there, and k corrects them
-on average. `group_maps` says how many validation maps each network k rests on, `refined_group_maps` the
-same for refinement (calibrated on the first `refined_validation_maps` only: each fit costs ~70 ms); a bin
-with fewer than 30 takes its group's k over all bins.
+An interval is centre +/- k x raw spread, per reported quantity. For the network alone the raw spread is
+sqrt(MC Dropout std^2 + learned spread^2): the spread of the dropout samples (what the network does not
+know) and the head's own per-map estimate of its error (what the map does not say: noise, substructure, a
+halo buried in noise). Symmetrized (`symmetrize=true`), the same over the pooled samples of the map's
+eight quarter turns and mirror images, each estimate turned back into the map's frame: their mean is the
+estimate, and their spread includes how much the views disagree (its centre's k rest on the validation
+maps whose halo is off the pixel grid's centre: a halo exactly there looks the same in all eight views, so
+their average cancels the network's bias, which no real map enjoys). With refinement it is the Laplace
+standard deviation of the fit. k68 and k95 are the 68th and 95th percentiles of |error| / raw spread on
+validation maps drawn from the training mixture, fitted separately for each group of maps: the map's noise
+bin (`noise_bin_edges`: its noise sigma per pixel at the network's input resolution, given or estimated;
+each k list has one entry per bin, from clean to the noisiest) crossed with whether it is reported as
+"none" or as carrying substructure (`groups`). Both are known from the map alone, so the service picks
+each map's k the same way. k near 1 at 68 % and near 2 at 95 % mean the raw spreads were already honest
+Gaussian errors for maps of that group; larger or smaller k mean they were too narrow or too wide there,
+and k corrects them on average. `group_maps` says how many validation maps each network k rests on,
+`refined_group_maps` the same for refinement (calibrated on the first `refined_validation_maps` only: each
+fit costs ~70 ms) and `symmetrized_group_maps` for the symmetrized mode (`symmetrized_command` says how
+its k were fitted); a bin with fewer than 30 takes its group's k over all bins.
 
 ```json
 {json.dumps(card.get('calibration', {}), indent=2)}

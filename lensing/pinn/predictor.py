@@ -47,6 +47,7 @@ from .model import PINN
 from .preprocess import noise_at_input, noise_feature, prepare_input
 from .refine import refine_theta
 from .sampling import sample_theta, summarise
+from .symmetries import SYMMETRIES, to_original_frame
 
 __all__ = ["DEVICES", "MapGeometry", "PredictionBatch", "Predictor", "resolve_device"]
 
@@ -105,6 +106,7 @@ class PredictionBatch:
     outside_training: list[dict[str, str]]  # per map, {name: why} for what lies outside the training maps
     mc_samples: int
     refined: bool
+    symmetrized: bool
 
     def __len__(self) -> int:
         return int(self.entropy.shape[0])
@@ -130,6 +132,7 @@ class PredictionBatch:
                                         "outside": self.outside_training[k]},
                     "mc_samples": self.mc_samples,
                     "refined": self.refined,
+                    "symmetrized": self.symmetrized,
                 }
             )
         return records
@@ -191,9 +194,11 @@ class Predictor:
         refine: bool = False,
         seed: int | Sequence[int | None] | None = None,
         noise_sigma: float | Sequence[float | None] | None = None,
+        symmetrize: bool = False,
     ) -> PredictionBatch:
         """Predict for maps of one size and geometry; `seed` and `noise_sigma` per map (one value: the same
-        for all; a None noise_sigma is estimated from its map)."""
+        for all; a None noise_sigma is estimated from its map). `symmetrize`: pool the samples of the map's
+        eight turned and mirrored views (`symmetries`), mc_samples each, at eight times the cost."""
         array = check_maps(maps)
         mc_samples = _check_mc_samples(mc_samples)
         seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(array)
@@ -204,7 +209,10 @@ class Predictor:
         kappa = torch.as_tensor(array, dtype=torch.float32)
         x = prepare_input(kappa, size).to(self.device)
         noise = noise_feature(torch.as_tensor(sigma), array.shape[-1], size).to(self.device)
-        theta, log_spread, logits = sample_theta(self.model, x, noise, mc_samples, seeds, self.scaler)
+        if symmetrize:
+            theta, log_spread, logits = self._sample_views(x, noise, mc_samples, seeds)
+        else:
+            theta, log_spread, logits = sample_theta(self.model, x, noise, mc_samples, seeds, self.scaler)
         summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc)
         centre_theta, centre = summary.theta_mean, summary.reported_mean
         spread = np.hypot(summary.reported_std, summary.learned_spread)
@@ -218,7 +226,8 @@ class Predictor:
         sigma_at_input = noise_at_input(sigma, array.shape[-1], size)
         if mc_samples > 1 or refine:
             widest = UNCONSTRAINED_SPREAD * spread_units(geometry.fov_kpc)
-            scales = self._scales(refine, sigma_at_input, summary.class_probs)
+            scales = self._scales("refined" if refine else "symmetrized" if symmetrize else "network",
+                                  sigma_at_input, summary.class_probs)
             half68, half95 = (np.minimum(scales[level] * spread, widest) for level in ("68", "95"))
         angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
         values, uncertainties = _physical(centre, half68, half95, angle, geometry)
@@ -238,17 +247,35 @@ class Predictor:
             outside_training=self.domain.outside(centre_theta, geometry.fov_kpc, sigma_at_input),
             mc_samples=mc_samples,
             refined=bool(refine),
+            symmetrized=bool(symmetrize),
         )
 
-    def _scales(self, refine: bool, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> dict[str, np.ndarray]:
-        """{level: calibration factors k (B, one per REPORTED quantity)} of a mode, each map's from its group
-        (`interval_groups`: noise bin, reported as "none" or not); ones without calibration."""
+    def _sample_views(self, x: torch.Tensor, noise: torch.Tensor, mc_samples: int, seeds: list[int | None]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MC samples of every symmetric view of each map, back in the map's frame and pooled (B, 8T, ...);
+        view v of a map draws its dropout masks from seed * 8 + v."""
+        parts = []
+        for v, symmetry in enumerate(SYMMETRIES):
+            view_seeds = [None if s is None else s * len(SYMMETRIES) + v for s in seeds]
+            theta, log_spread, logits = sample_theta(self.model, symmetry.apply(x), noise, mc_samples, view_seeds,
+                                                     self.scaler)
+            parts.append((*to_original_frame(theta, log_spread, symmetry), logits))
+        theta, log_spread, logits = (torch.cat(part, dim=1) for part in zip(*parts))
+        return theta, log_spread, logits
+
+    def _scales(self, mode: str, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> dict[str, np.ndarray]:
+        """{level: calibration factors k (B, one per REPORTED quantity)} of a mode (network, refined,
+        symmetrized), each map's from its group (`interval_groups`: noise bin, reported as "none" or not);
+        ones without calibration."""
         if not self.calibration:
             return {level: np.ones((len(sigma_at_input), len(REPORTED))) for level in ("68", "95")}
+        if mode not in self.calibration:
+            raise InputError("symmetrize", f"this model's card has no calibration for the {mode} mode: "
+                                           "refit it with `lensing calibrate`")
         bins = noise_bin(sigma_at_input, self.calibration["noise_bin_edges"])
         members = group_members(class_probs)
         scales = {}
-        for level, by_group in self.calibration["refined" if refine else "network"].items():
+        for level, by_group in self.calibration[mode].items():
             scales[level] = np.empty((len(bins), len(REPORTED)))
             for group, chosen in members.items():
                 per_bin = np.array([by_group[group][name] for name in REPORTED]).T  # (bins, REPORTED)
@@ -264,11 +291,14 @@ class Predictor:
         seed: int | Sequence[int | None] | None = None,
         max_mc_work: int | None = None,
         noise_sigma: float | Sequence[float | None] | None = None,
+        symmetrize: bool | Sequence[bool] = False,
     ) -> list[dict]:
-        """Mixed requests: maps of any sizes, each with its own geometry, mc_samples, refine, seed and noise.
+        """Mixed requests: maps of any sizes, each with its own geometry, mc_samples, refine, symmetrize, seed
+        and noise.
 
-        Maps that share (size, geometry, mc_samples, refine) run together; `max_mc_work` bounds
-        maps x mc_samples per vectorised chunk. A map's result never depends on its batch neighbours.
+        Maps that share (size, geometry, mc_samples, refine, symmetrize) run together; `max_mc_work` bounds
+        maps x mc_samples (x 8 views when symmetrized) per vectorised chunk. A map's result never depends on
+        its batch neighbours.
         """
         n = len(maps)
 
@@ -280,24 +310,27 @@ class Predictor:
         geometries = per_map(geometries, MapGeometry())
         mc = per_map(mc_samples, 50)
         refines = per_map(refine, False)
+        symmetrizes = per_map(symmetrize, False)
         seeds = list(seed) if isinstance(seed, Sequence) else [seed] * n
         noises = list(noise_sigma) if isinstance(noise_sigma, Sequence) else [noise_sigma] * n
-        for name, values in (("geometries", geometries), ("mc_samples", mc), ("refine", refines), ("seed", seeds),
-                             ("noise_sigma", noises)):
+        for name, values in (("geometries", geometries), ("mc_samples", mc), ("refine", refines),
+                             ("symmetrize", symmetrizes), ("seed", seeds), ("noise_sigma", noises)):
             if len(values) != n:
                 raise InputError(name, f"{name} must give one value per map ({n}), got {len(values)}")
         arrays = [check_maps(m)[0] for m in maps]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, array in enumerate(arrays):
-            groups[(array.shape[-1], geometries[k], _check_mc_samples(mc[k]), bool(refines[k]))].append(k)
+            groups[(array.shape[-1], geometries[k], _check_mc_samples(mc[k]), bool(refines[k]),
+                    bool(symmetrizes[k]))].append(k)
         results: list[dict | None] = [None] * n
-        for (_, geometry, samples, do_refine), indices in groups.items():
-            chunk = max(1, (max_mc_work or len(indices) * samples) // samples)
+        for (_, geometry, samples, do_refine, do_symmetrize), indices in groups.items():
+            work = samples * (len(SYMMETRIES) if do_symmetrize else 1)  # network passes per map
+            chunk = max(1, (max_mc_work or len(indices) * work) // work)
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
                 batch = self.predict_batch(
                     np.stack([arrays[k] for k in part]), geometry, samples, do_refine, [seeds[k] for k in part],
-                    [noises[k] for k in part],
+                    [noises[k] for k in part], do_symmetrize,
                 )
                 for k, record in zip(part, batch.to_records()):
                     numbers = [*record["predictions"].values(), *(record["uncertainties"] or {}).values()]

@@ -198,7 +198,8 @@ export function setupInfer(panel, ctx) {
       el("h3", {}, `Scenario: ${r.predicted_class}`), classBars(r.classification, r.predicted_class),
       el("p", {}, `Predictive entropy ${num(r.entropy)} nats (at most ln ${Object.keys(r.classification).length} = ` +
         `${num(Math.log(Object.keys(r.classification).length))}); mutual information ${num(r.mutual_information)} nats ` +
-        `(the part due to model uncertainty); ${r.mc_samples} MC samples, seed ${r.seed}. "none": no detectable ` +
+        `(the part due to model uncertainty); ${r.mc_samples} MC samples${r.symmetrized ? " on each of the map's 8 " +
+        "turned and mirrored views" : ""}, seed ${r.seed}. "none": no detectable ` +
         `substructure. Noise σ ${num(r.noise_sigma)} per pixel (${r.noise_sigma_source}).`));
     refineButton.disabled = run.series.length > 1;
     if (run.series.length === 1) refineStatus.textContent = "";
