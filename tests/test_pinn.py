@@ -321,7 +321,7 @@ def test_evaluate_writes_metrics_and_plots(predictor, tmp_path):
     for key in ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de", "coverage_68", "coverage_95"):
         assert key in metrics and key in metrics["refined"]
     for name, spec in EVALUATION_SETS.items():
-        modes = ["network"] + ["refined"] * spec.refine + ["symmetrized"] * (spec.symmetrize and spec.goals_apply)
+        modes = ["network"] + ["refined"] * spec.refine + ["symmetrized"] * spec.goals_apply
         assert list(metrics["sets"][name]) == modes
         for mode in modes:
             for plot in (f"pred_vs_true_{name}_{mode}.png", f"coverage_{name}_{mode}.png"):

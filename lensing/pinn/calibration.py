@@ -105,11 +105,9 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
             if mode == "network":
                 noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
     bins = noise_bin(np.concatenate(noise))
-    # a map's group: its noise bin and the class probabilities of the network run as in that mode
-    # (refinement keeps the network's; the eight views give their own)
-    groups = {mode: (bins[:counts[mode]], group_members(np.concatenate(probs["symmetrized" if mode == "symmetrized"
-                                                                                 else "network"])[:counts[mode]]))
-              for mode in MODES}
+    # a map's group: its noise bin and its class probabilities as that mode reports them (refinement keeps
+    # the network's; the eight views give their own)
+    groups = {mode: (bins[:counts[mode]], group_members(np.concatenate(probs[mode]))) for mode in MODES}
     # A halo exactly on the pixel grid's centre is the same in all eight views, so their average cancels the
     # network's bias in its centre: no real map is centred to the pixel, so the symmetrized centre's k rest
     # on the maps whose halo is off the centre (on all of them, its centred maps' intervals over-cover).

@@ -50,7 +50,6 @@ class EvaluationSet:
     scenario_fraction: float = 0.0
     max_offset: float = 0.0  # per axis, fraction of the field of view
     refine: bool = False  # also measure the refined mode (costly)
-    symmetrize: bool = True  # also measure the symmetrized mode (the eight views: 8x the network's cost)
     classification: bool = False  # the scenario set: its size is n_scenarios
     duffy_masses: tuple[float, float] | None = None  # hosts of this M_vir range with Duffy c, not box draws
 
@@ -58,6 +57,12 @@ class EvaluationSet:
     def goals_apply(self) -> bool:
         """Hosts drawn like the training maps' (the coverage goals apply); the galaxy sets' are not."""
         return self.duffy_masses is None
+
+    @property
+    def modes(self) -> list[str]:
+        """The calibrated modes measured on this set: the network, refined where asked (costly), and
+        symmetrized (8x the network's cost) where the goals apply."""
+        return ["network"] + ["refined"] * self.refine + ["symmetrized"] * self.goals_apply
 
 
 GALAXY_MASSES = (1e11, 3e12)  # Msun: Duffy r_s ~ 11 to 49 kpc at z 0.5, all below the box's 50 kpc
@@ -227,8 +232,7 @@ def evaluate(
     started = time.time()
     for offset, (name, spec) in enumerate(EVALUATION_SETS.items()):
         size = (n_scenarios or n) if spec.classification else n
-        modes = ["network"] + ["refined"] * spec.refine + ["symmetrized"] * (spec.symmetrize and spec.goals_apply)
-        for mode in modes:
+        for mode in spec.modes:
             arrays = run_set(predictor, size, seed + offset, spec, mc_samples, **MODES[mode])
             block = summarise_set(arrays)
             block["coverage_within_goal"] = coverage_goals_met(block)

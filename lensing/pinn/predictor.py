@@ -260,7 +260,7 @@ class Predictor:
             theta, log_spread, logits = sample_theta(self.model, symmetry.apply(x), noise, mc_samples, view_seeds,
                                                      self.scaler)
             parts.append((*to_original_frame(theta, log_spread, symmetry), logits))
-        theta, log_spread, logits = (torch.cat(part, dim=1) for part in zip(*parts))
+        theta, log_spread, logits = (torch.cat(part, dim=1) for part in zip(*parts, strict=True))
         return theta, log_spread, logits
 
     def _scales(self, mode: str, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> dict[str, np.ndarray]:

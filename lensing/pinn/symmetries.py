@@ -10,6 +10,7 @@ the cost. Each symmetry's matrix `A` (original (x, y) -> the view's (x, y)) is r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,15 +33,16 @@ class Symmetry:
         view = maps.flip(-1) if self.mirror else maps
         return torch.rot90(view, self.quarter_turns, dims=(-2, -1))
 
+    @functools.cache  # noqa: B019 - eight instances, each fitted once
     def matrix(self) -> np.ndarray:
         """A (2, 2): the view shows at A @ r what the map shows at r (a signed permutation)."""
         x, y = pixel_grid(_PROBE_SIDE, 1.0)
-        # each view pixel holds the original pixel at A^-1 @ (its position): fit A^-1 from the coordinates
+        # each view pixel holds the original pixel at A^-1 @ (its position); the fit of positions @ M = sources
+        # gives M = (A^-1)^T, which is A itself for an orthogonal A
         seen_x, seen_y = (self.apply(torch.from_numpy(c)).numpy() for c in (x, y))
         positions = np.stack([x.ravel(), y.ravel()], axis=1)
         sources = np.stack([seen_x.ravel(), seen_y.ravel()], axis=1)
-        inverse = np.linalg.lstsq(positions, sources, rcond=None)[0].T
-        return np.rint(inverse.T)  # orthogonal: A = (A^-1)^T
+        return np.rint(np.linalg.lstsq(positions, sources, rcond=None)[0])
 
 
 SYMMETRIES = tuple(Symmetry(turns, mirror) for mirror in (False, True) for turns in range(4))
