@@ -147,7 +147,8 @@ def process_shard(predictor: Predictor, config: SweepConfig, store: SweepStore, 
     maps = render_maps(config, inputs, predictor.device)
     generated = time.perf_counter()
     geometry = MapGeometry(config.fov_kpc, config.z_lens, config.z_source)
-    prediction = predictor.predict_batch(maps, geometry, config.mc_samples, seed=inputs.dropout_seed.tolist())
+    prediction = predictor.predict_batch(maps, geometry, config.mc_samples, seed=inputs.dropout_seed.tolist(),
+                                         symmetrize=config.symmetrize)
     inferred = time.perf_counter()
     table = shard_table(config, inputs, prediction)
     if any(np.isnan(column.to_numpy()).any() for column in table.columns if pa.types.is_floating(column.type)):

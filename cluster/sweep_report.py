@@ -164,6 +164,7 @@ def summarize(table: pa.Table, config: SweepConfig, model: dict, failed: list[di
         "data_hash": config.data_hash(),
         "model": model,
         "mc_samples": config.mc_samples,
+        "symmetrized": config.symmetrize,
         "grid_size": config.grid_size,
         "n_maps_planned": config.n_maps,
         "n_maps": int(table.num_rows),
@@ -299,8 +300,9 @@ def render_report(summary: dict, config: SweepConfig) -> str:
         f"Model {summary['model'].get('name')} {summary['model'].get('version')} "
         f"(sha256 {str(summary['model'].get('sha256'))[:12]}), {config.sampling.method} sampling, "
         f"{summary['n_maps']} of {summary['n_maps_planned']} maps ({summary['n_shards_done']} of "
-        f"{summary['n_shards']} shards), {config.grid_size}x{config.grid_size} px, mc_samples = {config.mc_samples}, "
-        f"seed {config.seed}. Errors: dex for M_vir and r_s, pred - true for e.",
+        f"{summary['n_shards']} shards), {config.grid_size}x{config.grid_size} px, mc_samples = {config.mc_samples}"
+        f"{' (symmetrized: eight views of each map pooled)' if config.symmetrize else ''}, seed {config.seed}. "
+        "Errors: dex for M_vir and r_s, pred - true for e.",
         "",
     ]
     inside = summary["overall"].get("inside_training_domain")

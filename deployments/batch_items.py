@@ -21,10 +21,13 @@ class BatchOptions:
     mc_samples: int
     refine: bool
     base_seed: int
+    symmetrize: bool = False
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> BatchOptions:
-        return cls(int(data["mc_samples"]), bool(data["refine"]), int(data["base_seed"]))
+        """The stored options (a batch stored before `symmetrize` existed reads as not symmetrized)."""
+        return cls(int(data["mc_samples"]), bool(data["refine"]), int(data["base_seed"]),
+                   bool(data.get("symmetrize", False)))
 
     def to_stored(self) -> dict[str, Any]:
         return asdict(self)

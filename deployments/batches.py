@@ -224,7 +224,8 @@ class BatchJobs:
         items = [BatchItem(job_id=uuid.uuid4().hex, index=index, seed=(base_seed + index) % 2**63, **source)
                  for index, source in enumerate(sources)]
         batch_id = uuid.uuid4().hex
-        options = BatchOptions(mc_samples=batch.mc_samples, refine=batch.refine, base_seed=base_seed)
+        options = BatchOptions(mc_samples=batch.mc_samples, refine=batch.refine, base_seed=base_seed,
+                               symmetrize=batch.symmetrize)
         await self.store.create_batch.remote(batch_id, items, options, self.runner.owner, self.settings.lease_ttl_s)
         self.runner.run(batch_id)
         return {"batch_id": batch_id, "message": f"Batch job submitted with {total} items",
@@ -244,7 +245,8 @@ class BatchJobs:
             kappa, truth = generated.map.convergence, generated.map.parameters()
             geometry, noise_sigma = MapGeometry(spec.fov_kpc, spec.z_lens, spec.z_source), spec.noise_sigma
         result = await self.inference.run(
-            InferenceItem(kappa, geometry, options.mc_samples, item.seed, options.refine, noise_sigma))
+            InferenceItem(kappa, geometry, options.mc_samples, item.seed, options.refine, noise_sigma,
+                          options.symmetrize))
         result = {k: v for k, v in result.items() if k != "serving"} | {"seed": item.seed}
         return {"truth": truth, **result} if truth is not None else result
 

@@ -549,6 +549,21 @@ def test_batch_job_of_job_ids_specs_and_maps(live):
     assert item["kind"] == "batch_item" and item["batch_id"] == ack["batch_id"] and item["status"] == "completed"
 
 
+def test_a_symmetrized_batch_gives_the_symmetrized_single_map_result(live):
+    """symmetrize=true on a batch applies to every item: each equals /api/v1/inference with symmetrize and
+    the item's seed."""
+    maps = stack_maps()[:2]
+    body = {"maps": [{"convergence_map": m.tolist()} for m in maps], "mc_samples": 10, "seed": 3, "symmetrize": True}
+    accepted = post_json(live, "/api/v1/batch", body)
+    assert accepted.status_code == 202, accepted.text
+    status = wait_until(lambda: (s := requests.get(live.url(accepted.json()["status_url"])).json())["status"] in
+                        ("completed", "failed") and s, 120, "batch did not finish")
+    assert status["status"] == "completed", status
+    for index, (kappa, item) in enumerate(zip(maps, status["results"], strict=True)):
+        assert item["result"]["symmetrized"] is True and item["result"]["seed"] == 3 + index
+        assert_same_result(item["result"], infer(live, kappa, mc_samples=10, seed=3 + index, symmetrize=True))
+
+
 def test_stats_and_metrics(live):
     synthetic(live, mass=1e12)
     infer(live, GOOD, mc_samples=2)

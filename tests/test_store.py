@@ -111,6 +111,15 @@ def test_store_runs_a_batch_to_completion_and_survives_reopening(store_url):
     assert job is not None and job["kind"] == "batch_item" and job["batch_id"] == "b1" and job["result"] == {"ok": 1}
 
 
+def test_batch_options_round_trip_and_older_rows_read_as_not_symmetrized(store_url):
+    db = JobDatabase(store_url)
+    symmetrized = BatchOptions(mc_samples=5, refine=False, base_seed=9, symmetrize=True)
+    db.create_batch("b1", [item("i1")], symmetrized, owner="A", ttl=60)
+    assert db.pending_items("b1")[0] == symmetrized
+    stored_before_symmetrize = {"mc_samples": 5, "refine": True, "base_seed": 9}
+    assert BatchOptions.from_stored(stored_before_symmetrize) == BatchOptions(5, True, 9, symmetrize=False)
+
+
 def test_map_items_keep_their_bytes(store_url):
     db = JobDatabase(store_url)
     db.create_batch("b1", [map_item("m1")], OPTIONS, owner="A", ttl=60)

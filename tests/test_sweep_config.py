@@ -60,6 +60,32 @@ def test_data_hash_ignores_execution_only() -> None:
     config = parse_config(BASE)
     assert parse_config(BASE | {"execution": {"actors": 7}}).data_hash() == config.data_hash()
     assert parse_config(BASE | {"seed": 12}).data_hash() != config.data_hash()
+    assert parse_config(BASE | {"symmetrize": False}).data_hash() == config.data_hash()  # older outputs resume
+    assert parse_config(BASE | {"symmetrize": True}).data_hash() != config.data_hash()
+
+
+def test_a_symmetrized_shard_holds_the_predictors_symmetrized_results(tmp_path: Path) -> None:
+    """`symmetrize: true` runs every map of a shard through the eight views, as Predictor(symmetrize=True) does
+    for the same maps and seeds."""
+    from cluster.sweep_pipeline import process_shard
+    from cluster.sweep_report import render_report, summarize
+    from cluster.sweep_store import SweepStore
+    from lensing.pinn.predictor import MapGeometry, Predictor
+
+    config = parse_config(BASE | {"symmetrize": True, "mc_samples": 5, "noise_levels": [0.01]})
+    predictor = Predictor.from_package(device="cpu")
+    store = SweepStore.open(str(tmp_path))
+    process_shard(predictor, config, store, 0)
+    table = store.read_table().to_pandas().sort_values("map_index")
+    inputs = shard_inputs(config, 0)
+    maps = render_maps(config, inputs, predictor.device)
+    geometry = MapGeometry(config.fov_kpc, config.z_lens, config.z_source)
+    for symmetrize in (True, False):
+        expected = predictor.predict_batch(maps, geometry, 5, seed=inputs.dropout_seed.tolist(), symmetrize=symmetrize)
+        same = np.allclose(table["pred_M_vir"].to_numpy(), np.asarray(expected.values["M_vir"]), rtol=1e-6)
+        assert same is symmetrize
+    summary = summarize(store.read_table(), config, {"name": "pinn"}, [])
+    assert summary["symmetrized"] is True and "symmetrized" in render_report(summary, config)
 
 
 def test_shards_partition_the_maps() -> None:

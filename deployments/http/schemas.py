@@ -282,6 +282,8 @@ class BatchRequest(_Model):
     mc_samples: Integer = Field(DEFAULT_MC_SAMPLES, ge=MC_SAMPLES.low, le=MC_SAMPLES.high)
     seed: Seed | None = Field(None, description="base seed; item k uses seed + k")
     refine: bool = False
+    symmetrize: bool = Field(False, description="pool the network over each map's eight quarter turns and mirror "
+                             "images, as for /api/v1/inference (8x the compute)")
 
 
 class BatchSubmitted(BaseModel):
@@ -437,6 +439,7 @@ class StackEntry(BaseModel):
     training_domain: TrainingDomainCheck | None = None
     mc_samples: int | None = None
     refined: bool | None = None
+    symmetrized: bool | None = None
 
 
 class StackResponse(BaseModel):
