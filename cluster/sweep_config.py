@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE, lens_geometry
+from lensing.cosmology import DEFAULT_Z_LENS, DEFAULT_Z_SOURCE
 from lensing.grid import DEFAULT_FOV_KPC
-from lensing.limits import ELLIPTICITY, FOV, GRID_SIZES, MASS, MC_SAMPLES, NOISE_SIGMA, SCALE_RADIUS
+from lensing.limits import ELLIPTICITY, FOV, GRID_SIZES, MASS, MC_SAMPLES, NOISE_SIGMA, SCALE_RADIUS, check_redshifts
 
 SMOOTH: Literal["none"] = "none"  # scenario label of a smooth host (no substructure)
 ScenarioLabel = Literal["none", "CDM", "WDM", "SIDM"]
@@ -133,7 +133,7 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
-        lens_geometry(self.z_lens, self.z_source)  # ValueError naming z_lens / z_source
+        check_redshifts(self.z_lens, self.z_source)  # ValueError naming z_lens / z_source
         return self
 
     @property

@@ -83,7 +83,8 @@ class WorkerPool:
     def __init__(self, config, target: str) -> None:
         import ray
 
-        if not ray.is_initialized():
+        self.owns_ray = not ray.is_initialized()  # a caller's own Ray connection is left to the caller
+        if self.owns_ray:
             ray.init(logging_level=logging.WARNING, log_to_driver=True)
         self.ray = ray
         execution = config.execution
@@ -157,5 +158,10 @@ class WorkerPool:
             on_result(row)
 
     def shutdown(self) -> None:
+        """Stop the actors and leave Ray (if this pool joined it): the report needs neither, and a driver that
+        disconnects itself exits about half a second sooner than one left to Ray's exit hook (measured on the
+        bench's local head)."""
         for actor in self.actors:
             self.ray.kill(actor)  # type: ignore[arg-type]  # ray.remote(cls).options(...) is typed loosely
+        if self.owns_ray:
+            self.ray.shutdown()

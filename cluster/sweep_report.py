@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from lensing.scenarios import CLASS_NAMES, NO_SUBSTRUCTURE
 
@@ -193,12 +193,24 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _log_axis(ax: plt.Axes, low: float, high: float) -> None:
+    """A log x axis readable over any range: decades only when it spans many, else 1-2-5 ticks in plain
+    numbers (r_s over 50-500 kpc would otherwise show a single label, 10^2)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if high < 30 * low:
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+
+
 def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
     """Error of each target (rows) against each true parameter (columns), with the binned median.
 
     The medians use every map; the scatter shows at most MAX_SCATTER_POINTS of them (a fixed random
     subset), which looks the same and keeps a 100,000-map report from spending seconds drawing dots."""
-    figure, axes = plt.subplots(len(TARGETS), len(TARGETS), figsize=(12, 10), squeeze=False, layout="constrained")
+    # a row shares its error axis, a column its parameter axis: labels on the outer panels only
+    figure, axes = plt.subplots(len(TARGETS), len(TARGETS), figsize=(12, 10), squeeze=False, layout="constrained",
+                                sharex="col", sharey="row")
     n = columns["map_index"].size
     shown = np.sort(np.random.default_rng(0).permutation(n)[:MAX_SCATTER_POINTS])
     for i, (target, unit) in enumerate(TARGETS.items()):
@@ -214,9 +226,8 @@ def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
             ax.plot(centres, medians, color="tab:red", lw=2, label="binned median")
             ax.axhline(0.0, color="black", lw=0.8)
             if scale == "dex":
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel(AXIS_LABELS[parameter])
+                _log_axis(ax, x.min(), x.max())
+        axes[-1][i].set_xlabel(AXIS_LABELS[target])
         axes[i][0].set_ylabel(f"{target} error [{'dex' if unit == 'dex' else 'pred - true'}]")
     axes[0][0].legend(loc="best", fontsize=8)
     sample = f" ({len(shown):,} of {n:,} maps shown)" if len(shown) < n else ""

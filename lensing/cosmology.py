@@ -2,6 +2,8 @@
 
 Every physical quantity in the project is expressed in Msun and physical kpc. A `LensGeometry`
 is cheap to build and cached per (z_lens, z_source, H0, Om0), so callers can ask for one freely.
+astropy's cosmology is imported on the first geometry, not with this module: it takes about a second,
+and a process that only validates inputs (the sweep driver, the CLI) never needs it.
 """
 
 from __future__ import annotations
@@ -9,10 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-
-import astropy.units as u
-from astropy.constants import G, c
-from astropy.cosmology import FlatLambdaCDM
 
 from .grid import DEFAULT_FOV_KPC, check_fov
 from .limits import H0 as H0_RANGE
@@ -23,9 +21,6 @@ DEFAULT_Z_LENS = 0.5
 DEFAULT_Z_SOURCE = 2.0
 DEFAULT_H0 = 70.0
 DEFAULT_OM0 = 0.3
-
-_SIGMA_UNIT = u.Msun / u.kpc**2
-_RHO_UNIT = u.Msun / u.kpc**3
 
 
 @dataclass(frozen=True)
@@ -63,14 +58,18 @@ def lens_geometry(
 
     Sigma_cr = c^2 D_s / (4 pi G D_l D_ls); rho_crit is evaluated at z_lens.
     """
+    import astropy.units as u
+    from astropy.constants import G, c
+    from astropy.cosmology import FlatLambdaCDM
+
     z_lens, z_source = check_redshifts(z_lens, z_source)
     H0, Om0 = H0_RANGE.check("H0", H0), OM0_RANGE.check("Om0", Om0)
     cosmo = FlatLambdaCDM(H0=H0, Om0=Om0)
     d_l = cosmo.angular_diameter_distance(z_lens)
     d_s = cosmo.angular_diameter_distance(z_source)
     d_ls = cosmo.angular_diameter_distance(z_lens, z_source)
-    sigma_crit = (c**2 * d_s / (4 * math.pi * G * d_l * d_ls)).to(_SIGMA_UNIT)
-    rho_crit = cosmo.critical_density(z_lens).to(_RHO_UNIT)
+    sigma_crit = (c**2 * d_s / (4 * math.pi * G * d_l * d_ls)).to(u.Msun / u.kpc**2)
+    rho_crit = cosmo.critical_density(z_lens).to(u.Msun / u.kpc**3)
     kpc_per_arcsec = (d_l * (1 * u.arcsec).to(u.rad).value).to(u.kpc)
     return LensGeometry(
         z_lens=z_lens,

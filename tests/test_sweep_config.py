@@ -125,9 +125,12 @@ def test_grid_sampling_covers_every_point_once_per_repeat() -> None:
     assert {p[3] for p in points} == {"none", "SIDM"}
 
 
-def test_the_sweep_driver_starts_without_torch() -> None:
+def test_the_sweep_driver_starts_without_torch_or_astropy() -> None:
     """The driver validates the config and asks for the workers before they load torch; importing torch itself
-    (2 s of a 2-core machine) would sit on the job's critical path. Only the worker actors import it."""
-    probe = "import sys, cluster.sweep, cluster.sweep_ray, cluster.sweep_report; print('torch' in sys.modules)"
+    (2 s of a 2-core machine) or astropy's cosmology (1 s) would sit on the job's critical path. Only the
+    worker actors import them."""
+    probe = ("import sys, cluster.sweep, cluster.sweep_ray, cluster.sweep_report; "
+             "cluster.sweep.load_config('configs/sweeps/small.yaml'); "
+             "print([name for name in ('torch', 'astropy.cosmology') if name in sys.modules])")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False", result.stdout + result.stderr
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
