@@ -356,6 +356,9 @@ def test_batch_sweep_progress_reaches_100_with_plot_table_and_csv(page, screensh
     type_into(page, "#batch-sweep-to", "1e13")
     type_into(page, "#batch-steps", "4")
     type_into(page, "#batch-mc-samples", "10")
+    symmetrize = find(page, "#batch-symmetrize")
+    assert symmetrize.get_attribute("type") == "checkbox" and not symmetrize.is_selected()
+    symmetrize.click()
     find(page, "#batch-form button[type=submit]").click()
     wait(page, lambda d: "completed" in text(d, "#batch-progress-text"), 120, "the batch did not complete")
     assert find(page, "#batch-progress").get_attribute("value") == "100"
@@ -374,6 +377,7 @@ def test_batch_sweep_progress_reaches_100_with_plot_table_and_csv(page, screensh
     assert [float(r["true_M_vir"]) for r in rows] == pytest.approx([1e12, 10 ** (12 + 1 / 3), 10 ** (12 + 2 / 3), 1e13])
     assert all(r["status"] == "completed" and float(r["M_vir_p2_5"]) < float(r["pred_M_vir"]) < float(r["M_vir_p97_5"])
                for r in rows)
+    assert [r["symmetrized"] for r in rows] == ["true"] * 4  # the box ticked above reached every item
     assert console_errors(page) == []
 
 

@@ -37,14 +37,14 @@ function csvOf(items) {
   const header = ["index", "job_id", "status", "error", "true_M_vir", "true_scale_radius", "true_ellipticity",
     "true_position_angle", ...PARAMETERS.flatMap((p) => [`pred_${p}`, `${p}_p16`, `${p}_p84`, `${p}_p2_5`, `${p}_p97_5`]),
     "pred_position_angle", "position_angle_std", "predicted_class", ...classes.map((c) => `p_${c}`), "entropy",
-    "mutual_information", "inside_training_domain", "outside_training_domain", "seed"];
+    "mutual_information", "inside_training_domain", "outside_training_domain", "symmetrized", "seed"];
   const rows = items.map((item) => {
     const r = item.result || {}, t = r.truth || {}, p = r.predictions || {}, u = r.uncertainties || {};
     return [item.index, item.job_id, item.status, item.error, t.M_vir, t.scale_radius, t.ellipticity, t.position_angle,
       ...PARAMETERS.flatMap((k) => [p[k], u[`${k}_p16`], u[`${k}_p84`], u[`${k}_p2_5`], u[`${k}_p97_5`]]),
       p.position_angle, u.position_angle_std, r.predicted_class, ...classes.map((c) => r.classification?.[c]),
       r.entropy, r.mutual_information, r.training_domain?.inside,
-      Object.keys(r.training_domain?.outside || {}).join(" "), r.seed];
+      Object.keys(r.training_domain?.outside || {}).join(" "), r.symmetrized, r.seed];
   });
   return csv(header, rows);
 }
@@ -79,6 +79,7 @@ export function setupBatch(panel, ctx) {
     spacing: { label: "Spacing", choices: [["log", "logarithmic"], ["linear", "linear"]], schema: { type: "string" }, value: "log" },
     profile_type: { value: "Elliptical NFW" }, ellipticity: { value: 0.2 }, position_angle: { value: 30 },
     mc_samples: { model: "BatchRequest" }, seed: { model: "BatchRequest", hint: "base seed: map k uses seed + k; blank: drawn" },
+    symmetrize: { model: "BatchRequest" },
   });
   const swept = () => form.value("sweep");
   const updateRound = followRoundProfile(form, swept);
@@ -123,7 +124,8 @@ export function setupBatch(panel, ctx) {
     const values = sweepValues(v.sweep_from, v.sweep_to, v.steps, log);
     const fixed = Object.fromEntries(FIXED.map((name) => [name, v[name]]));
     // the swept value is always sent (a round NFW with an ellipticity sweep is the API's to refuse)
-    const body = { synthetic: values.map((x) => ({ ...mapSpec(fixed), [v.sweep]: x })), mc_samples: v.mc_samples, seed: v.seed };
+    const body = { synthetic: values.map((x) => ({ ...mapSpec(fixed), [v.sweep]: x })), mc_samples: v.mc_samples, seed: v.seed,
+      symmetrize: v.symmetrize };
     form.busy(true);
     try {
       const submitted = await api("api/v1/batch", { method: "POST", json: body });

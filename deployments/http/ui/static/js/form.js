@@ -23,6 +23,7 @@ export const FIELD_TEXT = {
   z_lens: { label: "z_lens", hint: "lens redshift" },
   z_source: { label: "z_source", hint: "source redshift, behind the lens" },
   mc_samples: { label: "MC samples", hint: "dropout samples; 1 = a single deterministic pass" },
+  symmetrize: { label: "Symmetrize" },
 };
 
 /** "1×10¹¹ to 1×10¹⁴ M☉" from a field schema's bounds (empty when it has none). */
