@@ -227,8 +227,9 @@ def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
             ax.axhline(0.0, color="black", lw=0.8)
             if scale == "dex":
                 _log_axis(ax, x.min(), x.max())
-        axes[-1][i].set_xlabel(AXIS_LABELS[target])
         axes[i][0].set_ylabel(f"{target} error [{'dex' if unit == 'dex' else 'pred - true'}]")
+    for ax, parameter in zip(axes[-1], TARGETS, strict=True):
+        ax.set_xlabel(AXIS_LABELS[parameter])
     axes[0][0].legend(loc="best", fontsize=8)
     sample = f" ({len(shown):,} of {n:,} maps shown)" if len(shown) < n else ""
     figure.suptitle(f"Prediction error against the true host parameters{sample}")
