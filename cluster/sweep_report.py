@@ -215,23 +215,25 @@ def plot_errors(columns: dict[str, np.ndarray]) -> bytes:
     figure.subplots_adjust(left=0.07, right=0.99, bottom=0.06, top=0.95, wspace=0.05, hspace=0.07)
     n = columns["map_index"].size
     shown = np.sort(np.random.default_rng(0).permutation(n)[:MAX_SCATTER_POINTS])
+    bins = {}  # per parameter (a column): its 10 bins' centres and each map's bin, shared by the column's rows
+    for j, (parameter, scale) in enumerate(TARGETS.items()):
+        x = columns[f"true_{parameter}"]
+        edges = np.geomspace(x.min(), x.max(), 11) if scale == "dex" else np.linspace(x.min(), x.max(), 11)
+        bins[parameter] = 0.5 * (edges[:-1] + edges[1:]), np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 9)
+        if scale == "dex":  # the column's axes are shared: set once, on its bottom panel
+            _log_axis(axes[-1][j], x.min(), x.max())
+        axes[-1][j].set_xlabel(AXIS_LABELS[parameter])
     for i, (target, unit) in enumerate(TARGETS.items()):
         err = errors(columns, target)
-        for j, (parameter, scale) in enumerate(TARGETS.items()):
-            x = columns[f"true_{parameter}"]
+        for j, parameter in enumerate(TARGETS):
+            x, (centres, which) = columns[f"true_{parameter}"], bins[parameter]
+            filled = [b for b in range(10) if (which == b).any()]
             ax = axes[i][j]
             ax.scatter(x[shown], err[shown], s=2, alpha=0.3, color="tab:blue", rasterized=True)
-            edges = np.geomspace(x.min(), x.max(), 11) if scale == "dex" else np.linspace(x.min(), x.max(), 11)
-            which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 9)
-            centres = [0.5 * (edges[b] + edges[b + 1]) for b in range(10) if (which == b).any()]
-            medians = [np.median(err[which == b]) for b in range(10) if (which == b).any()]
-            ax.plot(centres, medians, color="tab:red", lw=2, label="binned median")
+            ax.plot(centres[filled], [np.median(err[which == b]) for b in filled], color="tab:red", lw=2,
+                    label="binned median")
             ax.axhline(0.0, color="black", lw=0.8)
-            if scale == "dex":
-                _log_axis(ax, x.min(), x.max())
         axes[i][0].set_ylabel(f"{target} error [{'dex' if unit == 'dex' else 'pred - true'}]")
-    for ax, parameter in zip(axes[-1], TARGETS, strict=True):
-        ax.set_xlabel(AXIS_LABELS[parameter])
     axes[0][0].legend(loc="best", fontsize=8)
     sample = f" ({len(shown):,} of {n:,} maps shown)" if len(shown) < n else ""
     figure.suptitle(f"Prediction error against the true host parameters{sample}")
