@@ -44,7 +44,8 @@ def naive_loop(predictor: Predictor, maps: np.ndarray, n_samples: int) -> None:
     model = predictor.model
     with torch.inference_mode():
         size = model.config.input_size
-        x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), size)
+        x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), size).contiguous(
+            memory_format=torch.channels_last)  # the Predictor's layout: only the MC strategy differs
         noise = noise_feature(torch.as_tensor(estimate_noise_sigma(maps)), maps.shape[-1], size)
         outputs = []
         for _ in range(n_samples):
@@ -58,7 +59,8 @@ def naive_loop(predictor: Predictor, maps: np.ndarray, n_samples: int) -> None:
 def encoder_gflops(predictor: Predictor, batch: int) -> tuple[float, float]:
     """(GFLOP per call, achieved GFLOP/s) of the encoder at `batch`."""
     model = predictor.model
-    x = torch.randn(batch, model.config.in_channels, model.config.input_size, model.config.input_size)
+    x = torch.randn(batch, model.config.in_channels, model.config.input_size, model.config.input_size).contiguous(
+        memory_format=torch.channels_last)  # the layout the Predictor runs the network in
     with torch.inference_mode():
         counter = FlopCounterMode(display=False)
         with counter:

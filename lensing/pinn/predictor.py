@@ -152,7 +152,8 @@ class Predictor:
 
     def __init__(self, model: PINN, card: dict, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # channels_last, as in training: oneDNN's convolutions run 10-25 % faster on CPU in this layout
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.card = card
         self.scaler = ThetaScaler(**{k: tuple(v) for k, v in card["theta_scaler"].items()})
         self.calibration = card.get("calibration")
@@ -212,7 +213,7 @@ class Predictor:
         sigma, estimated = _noise_levels(array, noise_sigma)
         size = self.model.config.input_size
         kappa = torch.as_tensor(array, dtype=torch.float32)
-        x = prepare_input(kappa, size).to(self.device)
+        x = prepare_input(kappa, size).to(self.device, memory_format=torch.channels_last)
         noise = noise_feature(torch.as_tensor(sigma), array.shape[-1], size).to(self.device)
         if symmetrize:
             theta, log_spread, logits = self._sample_views(x, noise, mc_samples, seeds)
