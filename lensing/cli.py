@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
+from .arguments import SEED
 from .io import save_npy, save_png, write_fits
 from .limits import (
     CONCENTRATION,
@@ -31,14 +32,6 @@ from .scenarios import SCENARIOS
 from .synthetic import MapRequest, SyntheticMap, generate_map
 
 Subparsers = argparse._SubParsersAction  # argparse's type for the object add_subparsers returns
-
-
-def _non_negative_int(text: str) -> int:
-    """argparse type for seeds: numpy's generators take non-negative integers only."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -67,7 +60,7 @@ _OPTIONS = (
     _Option("--z-lens", "z_lens", float, "lens redshift (dimensionless, > 0)"),
     _Option("--z-source", "z_source", float, "source redshift (dimensionless, > z_lens)"),
     _Option("--scenario", "scenario", str, "dark-matter substructure; omit for a smooth host"),
-    _Option("--seed", "seed", _non_negative_int, "random seed (non-negative integer) of the scenario "
+    _Option("--seed", "seed", SEED, "random seed (non-negative integer) of the scenario "
             "draw and the noise; omit for a fresh draw"),
     _Option("--noise-sigma", "noise_sigma", float, "standard deviation of Gaussian noise added to kappa "
             f"(dimensionless convergence), in {NOISE_SIGMA.text()}"),

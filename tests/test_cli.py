@@ -80,6 +80,21 @@ def test_generate_rejects_unparsable_options(tmp_path, args):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize("argv, option", [
+    (["evaluate", "--mc-samples", "1"], "--mc-samples"),  # no intervals, so no coverage to measure
+    (["evaluate", "--n", "0"], "--n"),
+    (["evaluate", "--seed", "-1"], "--seed"),
+    (["calibrate", "--weights", "w", "--n", "0"], "--n"),
+    (["train", "--steps", "0"], "--steps"),
+])
+def test_model_commands_refuse_numbers_they_cannot_run_with(capsys, argv, option):
+    """A usage error naming the option (exit 2) before any work, not a traceback from inside the run."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least" in capsys.readouterr().err
+
+
 def test_generate_unwritable_output_exits_1(tmp_path, capsys):
     assert cli.main(["generate", "--grid-size", "16", "--npy", str(tmp_path / "missing" / "m.npy")]) == 1
     assert "cannot write" in capsys.readouterr().err

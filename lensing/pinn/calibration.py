@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arguments import SEED, at_least
 from ..cosmology import MapGeometry
 from ..scenarios import NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
@@ -146,9 +147,11 @@ def _maps_per_group(bins: np.ndarray, members: dict[str, np.ndarray]) -> dict[st
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("calibrate", help="refit the uncertainty calibration of trained weights")
     parser.add_argument("--weights", required=True, help="directory with pinn.safetensors + pinn_card.json")
-    parser.add_argument("--n", type=int, default=12_000, help="validation maps (network mode)")
-    parser.add_argument("--n-refined", type=int, default=3000, help="the first of them that also calibrate refinement")
-    parser.add_argument("--seed", type=int, default=10_001, help="validation seed (not used in training)")
+    parser.add_argument("--n", type=at_least(1, "validation maps"), default=12_000,
+                        help="validation maps (network mode)")
+    parser.add_argument("--n-refined", type=at_least(1, "validation maps"), default=3000,
+                        help="the first of them that also calibrate refinement")
+    parser.add_argument("--seed", type=SEED, default=10_001, help="validation seed (not used in training)")
     parser.set_defaults(handler=_run)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
+from ..arguments import SEED, at_least
 from ..halo import duffy_concentration, r200_from_mass
 from ..limits import ELLIPTICITY
 from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS, SCENARIOS
@@ -263,12 +264,14 @@ def evaluate(
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="measure accuracy and coverage on fresh held-out maps")
-    parser.add_argument("--n", type=int, default=2000, help="maps per held-out set")
-    parser.add_argument("--n-scenarios", type=int, default=10_000, help="maps in the scenario (classification) set")
-    parser.add_argument("--seed", type=int, default=777,
+    parser.add_argument("--n", type=at_least(1, "maps per set"), default=2000, help="maps per held-out set")
+    parser.add_argument("--n-scenarios", type=at_least(1, "maps in the set"), default=10_000,
+                        help="maps in the scenario (classification) set")
+    parser.add_argument("--seed", type=SEED, default=777,
                         help="held-out seed (training streams use [seed, step]; calibration seed + 10000)")
     parser.add_argument("--output", default="runs/evaluation", help="directory for metrics.json and plots")
-    parser.add_argument("--mc-samples", type=int, default=50, help="MC Dropout samples per map")
+    parser.add_argument("--mc-samples", type=at_least(2, "coverage needs intervals, which need two samples"),
+                        default=50, help="MC Dropout samples per map (at least 2)")
     parser.add_argument("--weights", help="directory with pinn.safetensors + pinn_card.json (default: shipped)")
     parser.add_argument("--update-card", action="store_true", help="record the metrics in that directory's card")
     parser.set_defaults(handler=_run)

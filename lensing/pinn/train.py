@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from ..arguments import at_least
 from .calibration import fit_calibration
 from .checkpoint import (
     CARD_NAME,
@@ -191,7 +192,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train the PINN (data generated on the fly)")
     parser.add_argument("--config", default="configs/train/pinn.yaml", help="training YAML config")
     parser.add_argument("--output", default="runs/pinn", help="run directory (checkpoints, weights, card)")
-    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--steps", type=at_least(1, "optimiser steps"), help="override the number of steps")
     parser.add_argument("--init-from", help="directory with pinn.safetensors + pinn_card.json to fine-tune from")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --output")
     parser.add_argument("--install", action="store_true", help=f"copy the result into {PACKAGE_WEIGHTS_DIR}")
