@@ -78,7 +78,7 @@ def loop_inference(kappa: np.ndarray, mc_samples: int) -> dict:
     theta = with_offset(predictor.scaler.unstandardise(theta_z), passes[0][3])
     geometry = MapGeometry()
     summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc)
-    log_mass, log_rs, ellipticity = summary.reported_mean[0, :3]
+    log_mass, log_rs, ellipticity = summary.reported_centre[0, :3]
     std = summary.reported_std[0]
     return {
         "predictions": {"M_vir": 10**log_mass, "r_s": 10**log_rs, "ellipticity": ellipticity},

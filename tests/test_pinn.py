@@ -84,15 +84,16 @@ def test_network_accuracy_matches_card(smooth_network, predictor):
 
 
 def test_network_accuracy_goals_met(smooth_network):
-    """Goals the shipped 2.3 network meets on smooth maps: 5 % in r_s, 0.02 in e, 2 kpc in the centre."""
+    """Goals the shipped 2.4 network meets on smooth maps: 5 % in r_s, 0.02 in e, 2 kpc in the centre."""
     assert smooth_network["median_rel_err_rs"] <= 0.05
     assert smooth_network["median_abs_de"] <= 0.02
     assert smooth_network["median_abs_dcenter_kpc"] <= 2.0
 
 
 def test_network_mass_goal(smooth_network):
-    """Goal: 0.02 dex in M on smooth maps, up to the sampling error of a median of 600 maps. The 2.3 card has
-    0.0193 on 2,000 maps (2.2: 0.0202, bootstrap standard error 0.0006). 2.1's 0.024 is outside this slack."""
+    """Goal: 0.02 dex in M on smooth maps, up to the sampling error of a median of 600 maps. The 2.4 card has
+    0.0136 on 2,000 maps (2.3: 0.0193; 2.2: 0.0202, bootstrap standard error 0.0006). 2.1's 0.024 is outside
+    this slack."""
     assert _meets_goal(smooth_network, "median_abs_dlog10_M", 0.02)
 
 
@@ -127,7 +128,7 @@ def test_scenario_accuracy_matches_card(predictor, scenario_network):
     assert scenario_network["scenario_accuracy"] > 0.6  # far above the 1/4 of guessing
 
 
-@pytest.mark.xfail(strict=True, reason="goal missed by the shipped 2.3 network: 0.860 +- 0.004 on 10,000 maps "
+@pytest.mark.xfail(strict=True, reason="goal missed by the shipped 2.4 network: 0.860 +- 0.004 on 10,000 maps "
                                        "(card; 0.893 over all draws with three classes), against 0.92")
 def test_scenario_accuracy_goal(scenario_network):
     """Goal: scenario accuracy at least 0.92 (600 fresh maps, 2.5 binomial standard errors)."""
@@ -202,7 +203,7 @@ def test_noisy_maps_accuracy_matches_card(predictor, noisy_network):
     """sigma_kappa = 0.01, network alone: as accurate as the card says, and the noise estimate within 5 %."""
     _no_worse_than_card(noisy_network, _card_block(predictor, "noisy_sigma_0.01"),
                         ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de"))
-    assert _meets_goal(noisy_network, "median_abs_de", 0.03)  # the goal in e, which 2.3 meets (0.026)
+    assert _meets_goal(noisy_network, "median_abs_de", 0.03)  # the goal in e, which 2.4 meets (0.026)
     assert noisy_network["median_noise_sigma_estimate"] == pytest.approx(0.01, rel=0.05)
 
 
@@ -210,12 +211,12 @@ N_GOAL = 2000  # maps for a goal the model misses by less than a 300-map median 
 
 
 @pytest.mark.slow  # 2,000 maps (about 10 s)
-@pytest.mark.xfail(strict=True, reason="goals missed by the shipped 2.3 network at sigma 0.01: 0.044 dex and "
-                                       "8.6 % (card), 0.041 and 8.2 % here, against 0.04 and 8 % (2.1 had 0.043 "
+@pytest.mark.xfail(strict=True, reason="goals missed by the shipped 2.4 network at sigma 0.01: 0.042 dex and "
+                                       "8.5 % (card) against 0.04 and 8 % (2.3 had 0.044 and 8.6 %, 2.1 0.043 "
                                        "dex and 7.5 %)")
 def test_noisy_maps_mass_and_scale_goals(predictor):
     """Goals at sigma_kappa = 0.01, network alone: 0.04 dex in M and 8 % in r_s (medians of |error|), on 2,000
-    fresh maps as the card measures them. The model sits 2-9 % above both goals, where 300 maps give a
+    fresh maps as the card measures them. The model sits 5-6 % above both goals, where 300 maps give a
     median to +-7 % (one standard error) and pass within any honest tolerance; at 2,000 maps the median's
     standard error is ~3 %, and the goal is read as the card reads it, without slack."""
     seed = HELD_OUT_SEED + 200  # not a seed of the card (777 + set) or of the other tests
@@ -411,6 +412,19 @@ def test_mc_samples_one_is_the_deterministic_network(predictor):
     assert first.uncertainties is None
     assert np.array_equal(first.values["M_vir"], second.values["M_vir"])
     assert np.all(first.mutual_information == 0)
+
+
+def test_the_estimate_is_the_deterministic_network_at_any_mc_samples(predictor):
+    """The reported value is the network with dropout off (a sample mean would carry dropout's scatter): the
+    same at 1, 10 and 50 samples and for any seed; only the uncertainties come from the samples."""
+    maps = _maps(3)
+    alone = predictor.predict_batch(maps, mc_samples=1, seed=0)
+    for mc_samples, seed in ((10, 1), (50, 2), (50, 3)):
+        sampled = predictor.predict_batch(maps, mc_samples=mc_samples, seed=seed)
+        np.testing.assert_allclose(sampled.centre, alone.centre, rtol=1e-12, atol=1e-12)
+        assert sampled.half68 is not None and (sampled.half68 > 0).all()
+    wide, narrow = (predictor.predict_batch(maps, mc_samples=50, seed=s).half68 for s in (2, 3))
+    assert not np.array_equal(wide, narrow)  # the spread does come from the seeded samples
 
 
 def test_every_dropout_site_is_active_when_sampling(predictor):

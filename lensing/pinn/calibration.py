@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     card = dict(predictor.card)
     recipe = DataRecipe.from_dict(card["data_recipe"])
     card["calibration"] = fit_calibration(predictor, recipe, args.n, args.seed, args.n_refined)
+    card["calibration_command"] = "lensing " + shlex.join(sys.argv[1:])  # a refit after training, on record
     write_card(card, directory)
     print(json.dumps(card["calibration"]))
     return 0

@@ -297,9 +297,10 @@ class PINN(nn.Module):
 
     def sample(self, x: torch.Tensor, noise: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor]):
         """theta (B, T, n_theta), log spreads (B, T, n_spreads), logits (B, T, n_classes) and offset (B, 2)
-        for masks of shape (B*T, site_dim)."""
+        for masks of shape (B*T, site_dim), then the deterministic pass's theta (B, n_theta) (eval mode: every
+        unit kept), which is the point estimate: it is more accurate than the mean of the T samples."""
         features, offset = self.features(x, noise)
         n_samples = masks[0].shape[0] // features.shape[0]
         repeated = features.repeat_interleave(n_samples, dim=0)
         outputs = self.head(repeated, masks)
-        return (*(out.unflatten(0, (-1, n_samples)) for out in outputs), offset)
+        return (*(out.unflatten(0, (-1, n_samples)) for out in outputs), offset, self.head(features)[0])

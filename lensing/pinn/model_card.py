@@ -81,6 +81,12 @@ def _domain_lines(card: dict) -> str:
     return "\n".join(f"- {name}: {text}" for name, text in TrainingDomain.from_card(card).describe().items())
 
 
+def _calibration_line(card: dict) -> str:
+    """Where the calibration was refit after training (`lensing calibrate`), the command that did it."""
+    command = card.get("calibration_command")
+    return f"- Calibration refit after training: `{command}`\n" if command else ""
+
+
 def render_markdown(card: dict) -> str:
     """A human-readable card: training command, data recipe, seed, calibration, measured metrics."""
     return f"""# Model card: {card.get('name', 'PINN')} {card.get('version', '')}
@@ -90,7 +96,7 @@ def render_markdown(card: dict) -> str:
 - Weights: `pinn.safetensors`, SHA-256 `{card.get('sha256', '?')}` (checked on load).
 - Training command: `{card.get('training_command', '?')}`
 - Seed: {card.get('seed')}; training time of the last run: {card.get('training_seconds_this_run')} s.
-{_provenance_lines(card.get('initialised_from'))}
+{_calibration_line(card)}{_provenance_lines(card.get('initialised_from'))}
 ## Architecture
 
 ```json
@@ -113,12 +119,14 @@ its intervals are not calibrated. Every result says whether its map and estimate
 
 ## Calibration
 
-An interval is centre +/- k x raw spread, per reported quantity. For the network alone the raw spread is
-sqrt(MC Dropout std^2 + learned spread^2): the spread of the dropout samples (what the network does not
-know) and the head's own per-map estimate of its error (what the map does not say: noise, substructure, a
-halo buried in noise). Symmetrized (`symmetrize=true`), the same over the pooled samples of the map's
-eight quarter turns and mirror images, each estimate turned back into the map's frame: their mean is the
-estimate, and their spread includes how much the views disagree (its centre's k rest on the validation
+An interval is centre +/- k x raw spread, per reported quantity. For the network alone the centre is the
+deterministic network's estimate (dropout off), more accurate than the mean of the MC samples and
+independent of their number, and the raw spread is sqrt(MC Dropout std^2 + learned spread^2): the spread
+of the dropout samples (what the network does not know) and the head's own per-map estimate of its error
+(what the map does not say: noise, substructure, a halo buried in noise). Symmetrized
+(`symmetrize=true`), the samples of the map's eight quarter turns and mirror images, each turned back
+into the map's frame, are pooled: their mean is the centre (eight times the samples average dropout's
+scatter away) and their spread includes how much the views disagree (its centre's k rest on the validation
 maps whose halo is off the pixel grid's centre: a halo exactly there looks the same in all eight views, so
 their average cancels the network's bias, which no real map enjoys). With refinement it is the Laplace
 standard deviation of the fit. k68 and k95 are the 68th and 95th percentiles of |error| / raw spread on
@@ -130,8 +138,8 @@ each map's k the same way. k near 1 at 68 % and near 2 at 95 % mean the raw spre
 Gaussian errors for maps of that group; larger or smaller k mean they were too narrow or too wide there,
 and k corrects them on average. `group_maps` says how many validation maps each network k rests on,
 `refined_group_maps` the same for refinement (calibrated on the first `refined_validation_maps` only: each
-fit costs ~70 ms) and `symmetrized_group_maps` for the symmetrized mode (`symmetrized_command` says how
-its k were fitted); a bin with fewer than 30 takes its group's k over all bins.
+fit costs ~70 ms) and `symmetrized_group_maps` for the symmetrized mode; a bin with fewer than 30 takes
+its group's k over all bins.
 
 ```json
 {json.dumps(card.get('calibration', {}), indent=2)}

@@ -215,12 +215,13 @@ class Predictor:
         kappa = torch.as_tensor(array, dtype=torch.float32)
         x = prepare_input(kappa, size).to(self.device, memory_format=torch.channels_last)
         noise = noise_feature(torch.as_tensor(sigma), array.shape[-1], size).to(self.device)
-        if symmetrize:
+        if symmetrize:  # centre: the mean of the 8 x mc_samples pooled samples, which averages dropout's scatter
             theta, log_spread, logits = self._sample_views(x, noise, mc_samples, seeds)
+            point = None
         else:
-            theta, log_spread, logits = sample_theta(self.model, x, noise, mc_samples, seeds, self.scaler)
-        summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc)
-        centre_theta, centre = summary.theta_mean, summary.reported_mean
+            theta, log_spread, logits, point = sample_theta(self.model, x, noise, mc_samples, seeds, self.scaler)
+        summary = summarise(theta, log_spread, logits, geometry.lens, geometry.fov_kpc, point)
+        centre_theta, centre = summary.theta_centre, summary.reported_centre
         spread = np.hypot(summary.reported_std, summary.learned_spread)
         if refine:  # refined centre; its spread is the fit's Laplace standard deviation
             refined, covariance = refine_theta(torch.as_tensor(centre_theta), torch.as_tensor(array))
@@ -269,7 +270,7 @@ class Predictor:
                            for v in range(first, first + len(chunk)) for s in seeds]
             samples = sample_theta(self.model, torch.cat([symmetry.apply(x) for symmetry in chunk]),
                                    noise.repeat(len(chunk), 1), mc_samples, chunk_seeds, self.scaler)
-            theta, log_spread, logits = (out.unflatten(0, (len(chunk), -1)) for out in samples)  # (views, B, T, ...)
+            theta, log_spread, logits = (out.unflatten(0, (len(chunk), -1)) for out in samples[:3])  # (views, B, T..)
             parts += [(*to_original_frame(theta[k], log_spread[k], symmetry), logits[k])
                       for k, symmetry in enumerate(chunk)]
         theta, log_spread, logits = (torch.cat(part, dim=1) for part in zip(*parts, strict=True))

@@ -1,9 +1,10 @@
 """Vectorised MC Dropout: one encoder pass, T head passes in one batched call, seeded per map.
 
-Summaries are made in the space where errors are measured (log10 M, log10 r_s, e, centre): the mean and
-the raw standard deviation of the T samples (the epistemic spread), the root mean square of the head's
-learned per-map spreads (the aleatoric spread), class probabilities, predictive entropy and mutual
-information.
+Summaries are made in the space where errors are measured (log10 M, log10 r_s, e, centre): the centre is
+the deterministic network's estimate (dropout off: measured more accurate than the mean of the samples,
+whose dropout scatter shrinks only as 1/sqrt(T); docs/model/mc_samples_accuracy.py), the raw standard
+deviation of the T samples is the epistemic spread, the root mean square of the head's learned per-map
+spreads the aleatoric spread; then class probabilities, predictive entropy and mutual information.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..cosmology import LensGeometry
-from .encoding import REPORTED, ThetaScaler, physical_from_theta, reported_from_physical, spread_units, with_offset
+from .encoding import ThetaScaler, reported_array, spread_units, with_offset
 from .model import PINN
 
 
@@ -43,47 +44,50 @@ def dropout_masks(
 @torch.inference_mode()
 def sample_theta(model: PINN, x: torch.Tensor, noise: torch.Tensor, n_samples: int, seeds: Sequence[int | None],
                  scaler: ThetaScaler):
-    """Absolute theta samples (B, T, 6), log spreads (B, T, 5) and logits (B, T, C); T = 1 is the
-    deterministic network (dropout off)."""
+    """Absolute theta samples (B, T, 6), log spreads (B, T, 5), logits (B, T, C) and the point estimate
+    (B, 1, 6), the deterministic network's theta (dropout off); T = 1 is that network alone."""
     if n_samples == 1:
         theta_z, log_spread, logits, offset = (out[:, None] for out in model(x, noise))
-        return with_offset(scaler.unstandardise(theta_z), offset[:, 0]), log_spread, logits
+        theta = with_offset(scaler.unstandardise(theta_z), offset[:, 0])
+        return theta, log_spread, logits, theta
     masks = dropout_masks(model, n_samples, seeds, x.device)
-    theta_z, log_spread, logits, offset = model.sample(x, noise, masks)
-    return with_offset(scaler.unstandardise(theta_z), offset), log_spread, logits
+    theta_z, log_spread, logits, offset, point_z = model.sample(x, noise, masks)
+    point = with_offset(scaler.unstandardise(point_z), offset)[:, None]
+    return with_offset(scaler.unstandardise(theta_z), offset), log_spread, logits, point
 
 
 @dataclass
 class RawSummary:
     """Per-map MC summaries before calibration (numpy, float64)."""
 
-    reported_mean: np.ndarray  # (B, 5) in REPORTED space
+    reported_centre: np.ndarray  # (B, 5) in REPORTED space
     reported_std: np.ndarray  # (B, 5) raw std of the samples (epistemic)
     learned_spread: np.ndarray  # (B, 5) RMS of the head's spreads over the samples (aleatoric)
-    theta_mean: np.ndarray  # (B, 6)
+    theta_centre: np.ndarray  # (B, 6)
     class_probs: np.ndarray  # (B, C)
     entropy: np.ndarray  # (B,)
     mutual_information: np.ndarray  # (B,)
 
 
 def summarise(theta: torch.Tensor, log_spread: torch.Tensor, logits: torch.Tensor, geometry: LensGeometry,
-              fov_kpc: float) -> RawSummary:
-    """Turn samples into means/stds in the reported space and class statistics."""
+              fov_kpc: float, point: torch.Tensor | None = None) -> RawSummary:
+    """Turn samples into a centre, stds in the reported space and class statistics. The centre is the
+    `point` estimate (B, 1, 6) (the deterministic network), or the mean of the samples when None."""
     samples = theta.double().cpu().numpy()
-    physical = physical_from_theta(samples, geometry, fov_kpc)
-    reported = reported_from_physical(physical)
-    stacked = np.stack([reported[name] for name in REPORTED], axis=-1)  # (B, T, 5)
+    stacked = reported_array(samples, geometry, fov_kpc)  # (B, T, 5)
+    points = samples if point is None else point.double().cpu().numpy()
     learned = np.sqrt(np.mean(np.exp(2.0 * log_spread.double().cpu().numpy()), axis=1)) * spread_units(fov_kpc)
     probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()  # (B, T, C)
     mean_probs = probs.mean(axis=1)
     entropy = -(mean_probs * np.log(np.clip(mean_probs, 1e-12, None))).sum(-1)
     expected_entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1).mean(-1)
     return RawSummary(
-        reported_mean=stacked.mean(axis=1),
+        reported_centre=(stacked if point is None else reported_array(points, geometry, fov_kpc)).mean(axis=1),
         reported_std=stacked.std(axis=1, ddof=1) if samples.shape[1] > 1 else np.zeros_like(stacked[:, 0]),
         learned_spread=learned,
-        theta_mean=samples.mean(axis=1),
+        theta_centre=points.mean(axis=1),
         class_probs=mean_probs,
         entropy=entropy,
         mutual_information=np.clip(entropy - expected_entropy, 0.0, None),
     )
+
