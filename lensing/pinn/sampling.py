@@ -2,7 +2,8 @@
 
 Summaries are made in the space where errors are measured (log10 M, log10 r_s, e, centre): the centre is
 the deterministic network's estimate (dropout off: measured more accurate than the mean of the samples,
-whose dropout scatter shrinks only as 1/sqrt(T); docs/model/mc_samples_accuracy.py), the raw standard
+whose dropout scatter shrinks only as 1/sqrt(T); docs/model/mc_samples_accuracy.py; the symmetrized mode,
+with eight times the samples, takes their mean), the raw standard
 deviation of the T samples is the epistemic spread, the root mean square of the head's learned per-map
 spreads the aleatoric spread; then class probabilities, predictive entropy and mutual information.
 """
