@@ -418,6 +418,7 @@ def test_model_card_tab(page, screenshots):
     assert "Coverage" in text(page, "#model-card") and f"{100 * smooth_mass:.1f} %" in text(page, "#model-card")
     assert "Training domain" in text(page, "#model-card") and "0.05 to 0.5 of the field of view" in text(
         page, "#model-card")
+    assert card["calibration_command"] in text(page, "#model-card")  # a refit after training is on the page
     plots = sorted(p.name for p in PLOTS.glob("*.png"))
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model-card img")) == len(plots), 30)
     wait(page, lambda d: d.execute_script(

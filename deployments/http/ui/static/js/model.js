@@ -84,6 +84,7 @@ export function setupModel(panel, ctx) {
       const facts = [["weights SHA-256", el("code", {}, card.sha256 || "–")],
         ["trained by", el("code", {}, card.training_command || "–")],
         ["training time", card.training_seconds_this_run != null ? `${num(card.training_seconds_this_run / 60)} min` : "–"],
+        ...(card.calibration_command ? [["calibration refit by", el("code", {}, card.calibration_command)]] : []),
         ["evaluated by", el("code", {}, card.evaluation_command || "–")],
         ["MC samples in evaluation", String(metrics.mc_samples ?? "–")]];
       box.replaceChildren(
