@@ -22,7 +22,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from lensing import MapRequest, generate_map
 from lensing.noise import estimate_noise_sigma
 from lensing.pinn.predictor import Predictor
-from lensing.pinn.preprocess import noise_feature, prepare_input
 
 REPEATS = 7
 MATMUL_SIZE = 2048
@@ -43,10 +42,7 @@ def naive_loop(predictor: Predictor, maps: np.ndarray, n_samples: int) -> None:
     """The replaced system: n_samples full forward passes, dropout switched on, results stacked."""
     model = predictor.model
     with torch.inference_mode():
-        size = model.config.input_size
-        x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), size).contiguous(
-            memory_format=torch.channels_last)  # the Predictor's layout: only the MC strategy differs
-        noise = noise_feature(torch.as_tensor(estimate_noise_sigma(maps)), maps.shape[-1], size)
+        x, noise = predictor.network_input(maps, estimate_noise_sigma(maps))  # only the MC strategy differs
         outputs = []
         for _ in range(n_samples):
             features, _ = model.features(x, noise)

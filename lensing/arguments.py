@@ -1,9 +1,12 @@
-"""argparse types shared by the `lensing` subcommands: a bad number is a usage error that names the option
-and says why (exit 2), not a traceback from deep inside the run."""
+"""What the `lensing` subcommands share about their command line: argparse types (a bad number is a usage
+error that names the option and says why, exit 2, not a traceback from deep inside the run) and the
+command as typed, which model cards record."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Callable
 
 
@@ -20,3 +23,8 @@ def at_least(minimum: int, why: str) -> Callable[[str], int]:
 
 
 SEED = at_least(0, "numpy seeds are non-negative")
+
+
+def invoked_command() -> str:
+    """The running `lensing` command line, quoted as a shell would need it (a card's provenance)."""
+    return "lensing " + shlex.join(sys.argv[1:])

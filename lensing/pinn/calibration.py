@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..arguments import SEED, at_least
+from ..arguments import SEED, at_least, invoked_command
 from ..cosmology import MapGeometry
 from ..scenarios import NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
@@ -163,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     card = dict(predictor.card)
     recipe = DataRecipe.from_dict(card["data_recipe"])
     card["calibration"] = fit_calibration(predictor, recipe, args.n, args.seed, args.n_refined)
-    card["calibration_command"] = "lensing " + shlex.join(sys.argv[1:])  # a refit after training, on record
+    card["calibration_command"] = invoked_command()  # a refit after training, on record
     write_card(card, directory)
     print(json.dumps(card["calibration"]))
     return 0

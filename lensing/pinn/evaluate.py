@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from ..arguments import SEED, at_least
+from ..arguments import SEED, at_least, invoked_command
 from ..halo import duffy_concentration, r200_from_mass
 from ..limits import ELLIPTICITY
 from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS, SCENARIOS
@@ -123,6 +121,16 @@ def run_set(predictor: Predictor, n: int, seed: int, spec: EvaluationSet, mc_sam
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def median_errors(err: np.ndarray) -> dict[str, float]:
+    """Medians of |error| (B, 5 REPORTED): M in dex, r_s relative, e, the centre per axis in kpc."""
+    return {
+        "median_abs_dlog10_M": float(np.median(np.abs(err[:, 0]))),
+        "median_rel_err_rs": float(np.median(np.abs(10.0 ** err[:, 1] - 1.0))),
+        "median_abs_de": float(np.median(np.abs(err[:, 2]))),
+        "median_abs_dcenter_kpc": float(np.median(np.abs(err[:, 3:5]))),
+    }
+
+
 def summarise_set(arrays: dict) -> dict:
     """The metrics of one set: median errors, coverage per quantity, classification where labelled.
 
@@ -133,10 +141,7 @@ def summarise_set(arrays: dict) -> dict:
     err = arrays["centre"] - arrays["truth"]
     metrics: dict = {
         "n_maps": int(len(err)),
-        "median_abs_dlog10_M": float(np.median(np.abs(err[:, 0]))),
-        "median_rel_err_rs": float(np.median(np.abs(10.0 ** err[:, 1] - 1.0))),
-        "median_abs_de": float(np.median(np.abs(err[:, 2]))),
-        "median_abs_dcenter_kpc": float(np.median(np.abs(err[:, 3:5]))),
+        **median_errors(err),
         "median_noise_sigma_estimate": float(np.median(arrays["noise"])),
         "inside_training_domain": float(np.mean(arrays["inside"])),  # share of maps whose result says inside
         "coverage_68": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half68"][:, i]))
@@ -282,7 +287,7 @@ def _run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_files(directory / WEIGHTS_NAME, directory / CARD_NAME)
     metrics = evaluate(predictor, args.n, args.seed, Path(args.output), args.mc_samples, args.n_scenarios)
     if args.update_card:
-        card = dict(predictor.card, metrics=metrics, evaluation_command="lensing " + shlex.join(sys.argv[1:]))
+        card = dict(predictor.card, metrics=metrics, evaluation_command=invoked_command())
         write_card(card, directory)
     print(json.dumps({k: metrics[k] for k in ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de",
                                                "median_abs_dcenter_kpc", "scenario_accuracy", "coverage_68",

@@ -212,9 +212,7 @@ class Predictor:
             raise InputError("seed", f"seed must give one seed per map ({len(array)}), got {len(seeds)}")
         sigma, estimated = _noise_levels(array, noise_sigma)
         size = self.model.config.input_size
-        kappa = torch.as_tensor(array, dtype=torch.float32)
-        x = prepare_input(kappa, size).to(self.device, memory_format=torch.channels_last)
-        noise = noise_feature(torch.as_tensor(sigma), array.shape[-1], size).to(self.device)
+        x, noise = self.network_input(array, sigma)
         if symmetrize:  # centre: the mean of the 8 x mc_samples pooled samples, which averages dropout's scatter
             theta, log_spread, logits = self._sample_views(x, noise, mc_samples, seeds)
             point = None
@@ -256,6 +254,15 @@ class Predictor:
             refined=bool(refine),
             symmetrized=bool(symmetrize),
         )
+
+    def network_input(self, maps: np.ndarray, sigma: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's input (B, C, S, S) for maps (B, N, N), in its layout (channels_last, as in training:
+        oneDNN's CPU convolutions are faster there) on its device, and the noise feature (B, 1) for per-map
+        sigma."""
+        size = self.model.config.input_size
+        x = prepare_input(torch.as_tensor(maps, dtype=torch.float32), size)
+        noise = noise_feature(torch.as_tensor(sigma), maps.shape[-1], size)
+        return x.to(self.device, memory_format=torch.channels_last), noise.to(self.device)
 
     def _sample_views(self, x: torch.Tensor, noise: torch.Tensor, mc_samples: int, seeds: list[int | None]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

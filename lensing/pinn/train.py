@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from ..arguments import at_least
+from ..arguments import at_least, invoked_command
 from .calibration import fit_calibration
 from .checkpoint import (
     CARD_NAME,
@@ -203,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"steps": args.steps, "init_from": args.init_from}.items() if v is not None}
     config = load_config(args.config, overrides)
     output = Path(args.output)
-    command = "lensing " + shlex.join(sys.argv[1:])
+    command = invoked_command()
     card = train(config, output, resume=not args.no_resume, command=command)
     if args.install:
         export_weights_dir = PACKAGE_WEIGHTS_DIR
