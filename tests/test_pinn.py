@@ -22,6 +22,7 @@ from lensing.pinn.checkpoint import (
     load_weights,
 )
 from lensing.pinn.data import DataRecipe, make_batch
+from lensing.pinn.encoding import REPORTED
 from lensing.pinn.evaluate import EVALUATION_SETS, NOMINAL, evaluate, run_set, summarise_set
 from lensing.pinn.model import PINN, Locator, PINNConfig
 from lensing.pinn.physics import render_theta
@@ -84,14 +85,14 @@ def test_network_accuracy_matches_card(smooth_network, predictor):
 
 
 def test_network_accuracy_goals_met(smooth_network):
-    """Goals the shipped 2.4 network meets on smooth maps: 5 % in r_s, 0.02 in e, 2 kpc in the centre."""
+    """Goals the shipped 2.5 network meets on smooth maps: 5 % in r_s, 0.02 in e, 2 kpc in the centre."""
     assert smooth_network["median_rel_err_rs"] <= 0.05
     assert smooth_network["median_abs_de"] <= 0.02
     assert smooth_network["median_abs_dcenter_kpc"] <= 2.0
 
 
 def test_network_mass_goal(smooth_network):
-    """Goal: 0.02 dex in M on smooth maps, up to the sampling error of a median of 600 maps. The 2.4 card has
+    """Goal: 0.02 dex in M on smooth maps, up to the sampling error of a median of 600 maps. The 2.5 card has
     0.0136 on 2,000 maps (2.3: 0.0193; 2.2: 0.0202, bootstrap standard error 0.0006). 2.1's 0.024 is outside
     this slack."""
     assert _meets_goal(smooth_network, "median_abs_dlog10_M", 0.02)
@@ -128,7 +129,7 @@ def test_scenario_accuracy_matches_card(predictor, scenario_network):
     assert scenario_network["scenario_accuracy"] > 0.6  # far above the 1/4 of guessing
 
 
-@pytest.mark.xfail(strict=True, reason="goal missed by the shipped 2.4 network: 0.860 +- 0.004 on 10,000 maps "
+@pytest.mark.xfail(strict=True, reason="goal missed by the shipped 2.5 network: 0.860 +- 0.004 on 10,000 maps "
                                        "(card; 0.893 over all draws with three classes), against 0.92")
 def test_scenario_accuracy_goal(scenario_network):
     """Goal: scenario accuracy at least 0.92 (600 fresh maps, 2.5 binomial standard errors)."""
@@ -178,6 +179,24 @@ def test_symmetrized_coverage_and_accuracy(predictor, name):
     _no_worse_than_card(block, card, ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de"))
 
 
+@pytest.mark.slow  # 600 maps per noise level, 50 MC samples
+@pytest.mark.parametrize("name", ("noisy_sigma_0.005", "noisy_sigma_0.01", "noisy_sigma_0.02"))
+def test_faint_and_massive_halos_alike_are_covered_on_noisy_maps(predictor, name):
+    """A set's coverage can hold on average while faint halos under-cover and massive ones over-cover. On 600
+    noisy maps, the 68 % intervals cover within 5 points of nominal (plus 2.5 binomial standard errors) for the
+    lighter half of the box's hosts (M_vir below 10^12.5 Msun) and the heavier half alike, for every quantity.
+    With one k per noise bin (2.4.0's calibration) these maps gave 46-68 % for the light half and 73-93 % for
+    the heavy half, failing at every noise level; the k of each estimated-mass bin (`interval_groups`) are
+    what this checks."""
+    arrays = run_set(predictor, N_HELD_OUT, HELD_OUT_SEED + 300, EVALUATION_SETS[name], 50, False)
+    err = arrays["centre"] - arrays["truth"]
+    light = arrays["truth"][:, 0] < 12.5
+    for half in (light, ~light):
+        covered = np.mean(np.abs(err[half]) <= arrays["half68"][half], axis=0)
+        slack = 0.05 + _binomial_slack(NOMINAL["68"], int(half.sum()))
+        assert np.all(np.abs(covered - NOMINAL["68"]) <= slack), (dict(zip(REPORTED, covered)), slack)
+
+
 def _coverage_as_card_says(block: dict, card: dict, n: int) -> None:
     """Where the card says a quantity meets the coverage goal, it does on these n maps, up to 2.5 binomial
     standard errors; where the card admits a miss, the coverage is the one it reports (3 standard errors of
@@ -203,7 +222,7 @@ def test_noisy_maps_accuracy_matches_card(predictor, noisy_network):
     """sigma_kappa = 0.01, network alone: as accurate as the card says, and the noise estimate within 5 %."""
     _no_worse_than_card(noisy_network, _card_block(predictor, "noisy_sigma_0.01"),
                         ("median_abs_dlog10_M", "median_rel_err_rs", "median_abs_de"))
-    assert _meets_goal(noisy_network, "median_abs_de", 0.03)  # the goal in e, which 2.4 meets (0.026)
+    assert _meets_goal(noisy_network, "median_abs_de", 0.03)  # the goal in e, which 2.5 meets (0.026)
     assert noisy_network["median_noise_sigma_estimate"] == pytest.approx(0.01, rel=0.05)
 
 
@@ -211,7 +230,7 @@ N_GOAL = 2000  # maps for a goal the model misses by less than a 300-map median 
 
 
 @pytest.mark.slow  # 2,000 maps (about 10 s)
-@pytest.mark.xfail(strict=True, reason="goals missed by the shipped 2.4 network at sigma 0.01: 0.042 dex and "
+@pytest.mark.xfail(strict=True, reason="goals missed by the shipped 2.5 network at sigma 0.01: 0.042 dex and "
                                        "8.5 % (card) against 0.04 and 8 % (2.3 had 0.044 and 8.6 %, 2.1 0.043 "
                                        "dex and 7.5 %)")
 def test_noisy_maps_mass_and_scale_goals(predictor):
@@ -361,14 +380,15 @@ def test_refinement_is_calibrated_on_the_first_validation_maps(predictor):
     `refined_maps`; the card says how many maps each group and bin had in each mode."""
     calibration = fit_calibration(predictor, DataRecipe(), n_maps=250, seed=10_003, refined_maps=60)
     assert calibration["validation_maps"] == 250 and calibration["refined_validation_maps"] == 60
-    assert sum(map(sum, calibration["group_maps"].values())) == 250
-    assert sum(map(sum, calibration["refined_group_maps"].values())) == 60
-    assert sum(map(sum, calibration["symmetrized_group_maps"].values())) == 250
+    assert sum(np.sum(cells) for cells in calibration["group_maps"].values()) == 250
+    assert sum(np.sum(cells) for cells in calibration["refined_group_maps"].values()) == 60
+    assert sum(np.sum(cells) for cells in calibration["symmetrized_group_maps"].values()) == 250
     for mode in ("network", "refined", "symmetrized"):
         for level in ("68", "95"):
-            for k_per_bin in calibration[mode][level]["none"].values():
-                assert len(k_per_bin) == len(calibration["noise_bin_edges"]) + 1
-                assert all(np.isfinite(k) and k > 0 for k in k_per_bin)
+            for k_per_cell in calibration[mode][level]["none"].values():
+                assert np.shape(k_per_cell) == (len(calibration["noise_bin_edges"]) + 1,
+                                                len(calibration["mass_bin_edges"]) + 1)
+                assert np.all(np.isfinite(k_per_cell)) and np.all(np.asarray(k_per_cell) > 0)
 
 
 def test_shipped_weights_come_from_the_repository_config():

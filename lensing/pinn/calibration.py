@@ -6,10 +6,12 @@ deviation and the head's learned per-map spread), with refinement the fit's Lapl
 The validation set is drawn from the training mixture (noise, off-centre halos, scenarios, other
 geometries; a seed never used in training), with the noise estimated from each map as the service does
 by default; k68 and k95 are the 68th and 95th percentiles of |error| / raw spread, per mode and per
-group: the map's noise bin crossed with whether it is reported as "none" (`interval_groups`, which says
-why). `lensing evaluate` measures the coverage this gives on each kind of map separately.
+cell: the map's noise bin, crossed with the bin of the mode's estimate of log10 M_vir, crossed with whether
+it is reported as "none" (`interval_groups`, which says why). A cell with too few maps takes the k of its
+noise bin over all masses (then its group's over all bins). `lensing evaluate` measures the coverage this
+gives on each kind of map separately.
 
-Ten groups need many maps: a quantile of a few hundred ratios moves by several per cent from one
+Forty cells need many maps: a quantile of a few hundred ratios moves by several per cent from one
 validation seed to the next, and so did the coverage (2.2.0 weights, 3,000 maps: 73 of the 80 network
 coverage figures within goal on the evaluation seed, 67 on another; 12,000 maps: 77 and 75). The
 network's k come from `n_maps` maps (cheap: ~1.5 ms a map), and so do the symmetrized mode's (the network
@@ -31,13 +33,13 @@ from ..scenarios import NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
-from .interval_groups import NOISE_BIN_EDGES, SUBSTRUCTURE, group_members, noise_bin
+from .interval_groups import MASS_BIN_EDGES, NOISE_BIN_EDGES, SUBSTRUCTURE, group_members, mass_bin, noise_bin
 from .predictor import Predictor
 from .preprocess import noise_at_input
 
 CALIBRATION_SAMPLES = 50
 LEVELS = {"68": 0.6827, "95": 0.9545}
-MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one group and noise bin
+MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one cell (group, noise bin, mass bin)
 MODES = {  # the calibrated ways to run the network: predict_batch options
     "network": {"refine": False, "symmetrize": False},
     "refined": {"refine": True, "symmetrize": False},
@@ -45,26 +47,28 @@ MODES = {  # the calibrated ways to run the network: predict_batch options
 }
 
 
-def interval_scales(errors: np.ndarray, raw_std: np.ndarray, bins: np.ndarray,
+def interval_scales(errors: np.ndarray, raw_std: np.ndarray, noise_bins: np.ndarray, mass_bins: np.ndarray,
                     members: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict:
-    """{level: {group: {parameter: [k per noise bin]}}}, k the level-quantile of |error| / raw_std among the maps of
-    that group and bin (and, where `rows` (maps, parameters) is given, among the maps it marks for that parameter,
-    unless it marks fewer than MIN_GROUP_MAPS). A bin with fewer than MIN_GROUP_MAPS maps takes its group's k over
-    all bins (the card's `group_maps` shows which), so that no map is left without an interval."""
+    """{level: {group: {parameter: [[k per mass bin] per noise bin]}}}, k the level-quantile of |error| / raw_std
+    among the maps of that cell (and, where `rows` (maps, parameters) is given, among the maps it marks for that
+    parameter, unless it marks fewer than MIN_GROUP_MAPS). A cell with fewer than MIN_GROUP_MAPS maps takes the k
+    of its group and noise bin over all masses, and failing that its group's over all bins (the card's
+    `group_maps` shows which), so that no map is left without an interval."""
     ratio = np.abs(errors) / np.clip(raw_std, 1e-12, None)
-    n_bins = len(NOISE_BIN_EDGES) + 1
     rows = np.ones(ratio.shape, dtype=bool) if rows is None else rows.copy()
     rows[:, rows.sum(axis=0) < MIN_GROUP_MAPS] = True  # too few marked maps: all of them
 
-    def k(group: str, b: int, i: int, q: float) -> float:
+    def k(group: str, b: int, m: int, i: int, q: float) -> float:
         in_group = members[group] & rows[:, i]
-        chosen = ratio[in_group & (bins == b), i]
-        if chosen.size < MIN_GROUP_MAPS:
-            chosen = ratio[in_group, i] if in_group.sum() >= MIN_GROUP_MAPS else ratio[rows[:, i], i]
-        return float(np.quantile(chosen, q))
+        for chosen in (in_group & (noise_bins == b) & (mass_bins == m), in_group & (noise_bins == b), in_group):
+            if chosen.sum() >= MIN_GROUP_MAPS:
+                return float(np.quantile(ratio[chosen, i], q))
+        return float(np.quantile(ratio[rows[:, i], i], q))
 
     return {
-        level: {group: {name: [k(group, b, i, q) for b in range(n_bins)] for i, name in enumerate(REPORTED)}
+        level: {group: {name: [[k(group, b, m, i, q) for m in range(len(MASS_BIN_EDGES) + 1)]
+                               for b in range(len(NOISE_BIN_EDGES) + 1)]
+                        for i, name in enumerate(REPORTED)}
                 for group in members}
         for level, q in LEVELS.items()
     }
@@ -86,6 +90,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     noise: list[np.ndarray] = []
     off_centre: list[np.ndarray] = []
     probs: dict[str, list] = {mode: [] for mode in MODES}
+    masses: dict[str, list] = {mode: [] for mode in MODES}  # each mode's estimate of log10 M_vir
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
         batch = make_batch(size, rng, recipe)
@@ -103,12 +108,14 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
             errors[mode].append(result.centre - truth[:count])
             spreads[mode].append(result.half68)
             probs[mode].append(result.class_probs)
+            masses[mode].append(result.centre[:, 0])
             if mode == "network":
                 noise.append(noise_at_input(result.noise_sigma, maps.shape[-1], predictor.model.config.input_size))
     bins = noise_bin(np.concatenate(noise))
-    # a map's group: its noise bin and its class probabilities as that mode reports them (refinement keeps
-    # the network's; the eight views give their own)
-    groups = {mode: (bins[:counts[mode]], group_members(np.concatenate(probs[mode]))) for mode in MODES}
+    # a map's cell: its noise bin, its mass and its class probabilities as that mode estimates them (refinement
+    # keeps the network's class probabilities; the eight views give their own)
+    groups = {mode: (bins[:counts[mode]], mass_bin(np.concatenate(masses[mode])),
+                     group_members(np.concatenate(probs[mode]))) for mode in MODES}
     # A halo exactly on the pixel grid's centre is the same in all eight views, so their average cancels the
     # network's bias in its centre: no real map is centred to the pixel, so the symmetrized centre's k rest
     # on the maps whose halo is off the centre (on all of them, its centred maps' intervals over-cover).
@@ -121,11 +128,14 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
         "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e, centre kpc); spread = "
                   "sqrt(MC Dropout std^2 + learned per-map spread^2) (network; symmetrized: over the pooled "
                   "samples of the map's eight turned and mirrored views) or Laplace std of the fit (refined); "
-                  "k = quantile of |err| / spread on the training mixture, per mode and group: the map's noise "
-                  "bin and whether it is reported as 'none'",
+                  "k = quantile of |err| / spread on the training mixture, per mode and cell: the map's noise "
+                  "bin, the bin of its estimated log10 M_vir and whether it is reported as 'none'",
         "noise_bin_edges": list(NOISE_BIN_EDGES),
         "noise_bin_variable": "noise sigma per pixel at the network's input resolution (given or estimated); "
-                              "each k list has one entry per bin: below the first edge, between edges, above",
+                              "each k list has one entry per noise bin: below the first edge, between edges, above",
+        "mass_bin_edges": list(MASS_BIN_EDGES),
+        "mass_bin_variable": "the mode's estimate of log10 M_vir [Msun]; each noise bin's entry is a list with one "
+                             "k per mass bin, from the lightest to the heaviest",
         "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", SUBSTRUCTURE: "all others"},
         "group_maps": _maps_per_group(*groups["network"]),
         "refined_group_maps": _maps_per_group(*groups["refined"]),
@@ -138,16 +148,22 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     }
 
 
-def _maps_per_group(bins: np.ndarray, members: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """{group: [maps in each noise bin]}: how many validation maps each k rests on."""
-    return {group: np.bincount(bins[chosen], minlength=len(NOISE_BIN_EDGES) + 1).tolist()
-            for group, chosen in members.items()}
+def _maps_per_group(noise_bins: np.ndarray, mass_bins: np.ndarray, members: dict[str, np.ndarray]
+                    ) -> dict[str, list[list[int]]]:
+    """{group: [[maps in each mass bin] per noise bin]}: how many validation maps each k rests on."""
+    shape = (len(NOISE_BIN_EDGES) + 1, len(MASS_BIN_EDGES) + 1)
+    counts = {}
+    for group, chosen in members.items():
+        cells = np.zeros(shape, dtype=int)
+        np.add.at(cells, (noise_bins[chosen], mass_bins[chosen]), 1)
+        counts[group] = cells.tolist()
+    return counts
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("calibrate", help="refit the uncertainty calibration of trained weights")
     parser.add_argument("--weights", required=True, help="directory with pinn.safetensors + pinn_card.json")
-    parser.add_argument("--n", type=at_least(1, "validation maps"), default=12_000,
+    parser.add_argument("--n", type=at_least(1, "validation maps"), default=24_000,
                         help="validation maps (network mode)")
     parser.add_argument("--n-refined", type=at_least(1, "validation maps"), default=3000,
                         help="the first of them that also calibrate refinement")

@@ -33,6 +33,7 @@ from .calibration import LEVELS, MODES
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
+from .interval_groups import MASS_BIN_EDGES, mass_bin
 from .predictor import MapGeometry, Predictor
 
 OTHER_GEOMETRY = MapGeometry(fov_kpc=750.0, z_lens=0.35, z_source=1.2)
@@ -131,8 +132,19 @@ def median_errors(err: np.ndarray) -> dict[str, float]:
     }
 
 
+def coverage_by_mass(err: np.ndarray, half68: np.ndarray, true_log10_mass: np.ndarray) -> dict:
+    """{quantity: [68 % coverage among the maps of each true-mass bin (MASS_BIN_EDGES), None where empty]}: a set's
+    coverage can hold on average while faint halos under-cover and massive ones over-cover."""
+    bins = mass_bin(true_log10_mass)
+    inside = np.abs(err) <= half68
+    return {name: [float(np.mean(inside[bins == b, i])) if np.any(bins == b) else None
+                   for b in range(len(MASS_BIN_EDGES) + 1)]
+            for i, name in enumerate(REPORTED)}
+
+
 def summarise_set(arrays: dict) -> dict:
-    """The metrics of one set: median errors, coverage per quantity, classification where labelled.
+    """The metrics of one set: median errors, coverage per quantity (overall and by true mass),
+    classification where labelled.
 
     `scenario_accuracy` is over maps whose scenario shows in the field (four classes: "none" is wrong
     there); `scenario_accuracy_all_draws_3_classes` is over every drawn scenario, empty draws included,
@@ -148,6 +160,7 @@ def summarise_set(arrays: dict) -> dict:
                         for i, name in enumerate(REPORTED)},
         "coverage_95": {name: float(np.mean(np.abs(err[:, i]) <= arrays["half95"][:, i]))
                         for i, name in enumerate(REPORTED)},
+        "coverage_68_by_true_mass": coverage_by_mass(err, arrays["half68"], arrays["truth"][:, 0]),
     }
     predicted = arrays["probs"].argmax(1)
     smooth = arrays["scenario"] == NONE_CLASS

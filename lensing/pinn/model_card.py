@@ -58,12 +58,29 @@ def _metrics_section(metrics: dict) -> str:
              "training-domain check is worth. \"inside domain\": the share of maps whose result says it lies "
              "inside the training domain.",
              _table(rows)]
+    parts.append(_coverage_by_mass_section(sets))
     scenarios = sets.get("scenarios", {}).get("network", {})
     if "confusion_matrix" in scenarios:
         columns = ", ".join(metrics.get("class_names", []))
         parts.append(f"Confusion matrix of the scenario set (rows: true CDM, WDM, SIDM; columns: predicted "
                      f"{columns})\n\n```\n" + "\n".join(str(r) for r in scenarios["confusion_matrix"]) + "\n```")
     return "\n\n".join(parts)
+
+
+def _coverage_by_mass_section(sets: dict) -> str:
+    """68 % coverage of M, r_s and e by true-mass quarter of the box, network alone, per set."""
+    quantities = ("log10_M_vir", "log10_r_s", "ellipticity")
+    rows = [["set", *(f"{SHORT_NAMES[q]} by mass" for q in quantities)]]
+    for name, modes in sets.items():
+        by_mass = modes.get("network", {}).get("coverage_68_by_true_mass")
+        if by_mass:
+            rows.append([name, *(" / ".join("-" if c is None else f"{c:.2f}" for c in by_mass[q]) for q in quantities)])
+    if len(rows) == 1:
+        return ""
+    return ("68 % coverage by true M_vir, network alone, in the quarters of the training box (below 10^11.75, "
+            "10^11.75-10^12.5, 10^12.5-10^13.25, above 10^13.25 Msun; - where a set has no such halos): the "
+            "calibration's mass bins are there so that faint halos do not under-cover while massive ones "
+            "over-cover.\n\n" + _table(rows))
 
 
 def _provenance_lines(source: dict | None, depth: int = 0) -> str:
@@ -130,16 +147,19 @@ scatter away) and their spread includes how much the views disagree (its centre'
 maps whose halo is off the pixel grid's centre: a halo exactly there looks the same in all eight views, so
 their average cancels the network's bias, which no real map enjoys). With refinement it is the Laplace
 standard deviation of the fit. k68 and k95 are the 68th and 95th percentiles of |error| / raw spread on
-validation maps drawn from the training mixture, fitted separately for each group of maps: the map's noise
+validation maps drawn from the training mixture, fitted separately for each cell of maps: the map's noise
 bin (`noise_bin_edges`: its noise sigma per pixel at the network's input resolution, given or estimated;
-each k list has one entry per bin, from clean to the noisiest) crossed with whether it is reported as
-"none" or as carrying substructure (`groups`). Both are known from the map alone, so the service picks
-each map's k the same way. k near 1 at 68 % and near 2 at 95 % mean the raw spreads were already honest
-Gaussian errors for maps of that group; larger or smaller k mean they were too narrow or too wide there,
-and k corrects them on average. `group_maps` says how many validation maps each network k rests on,
-`refined_group_maps` the same for refinement (calibrated on the first `refined_validation_maps` only: each
-fit costs ~70 ms) and `symmetrized_group_maps` for the symmetrized mode; a bin with fewer than 30 takes
-its group's k over all bins.
+each k list has one entry per noise bin, from clean to the noisiest), crossed with the bin of its estimated
+log10 M_vir (`mass_bin_edges`; each noise bin's entry lists one k per mass bin, from the lightest halos to
+the heaviest: a faint halo's map says less above the noise than its raw spread admits), crossed with
+whether it is reported as "none" or as carrying substructure (`groups`). All three are known from the map
+alone, so the service picks each map's k the same way. k near 1 at 68 % and near 2 at 95 % mean the raw
+spreads were already honest Gaussian errors for maps of that cell; larger or smaller k mean they were too
+narrow or too wide there, and k corrects them on average. `group_maps` says how many validation maps each
+network k rests on, `refined_group_maps` the same for refinement (calibrated on the first
+`refined_validation_maps` only: each fit costs ~70 ms) and `symmetrized_group_maps` for the symmetrized
+mode; a cell with fewer than 30 takes the k of its noise bin over all masses, and failing that its group's
+over all bins.
 
 ```json
 {json.dumps(card.get('calibration', {}), indent=2)}

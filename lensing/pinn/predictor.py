@@ -42,7 +42,7 @@ from .encoding import (
     reported_std_from_covariance,
     spread_units,
 )
-from .interval_groups import group_members, noise_bin
+from .interval_groups import group_members, mass_bin, noise_bin
 from .model import PINN
 from .preprocess import noise_at_input, noise_feature, prepare_input
 from .refine import refine_theta
@@ -232,7 +232,7 @@ class Predictor:
         if mc_samples > 1 or refine:
             widest = UNCONSTRAINED_SPREAD * spread_units(geometry.fov_kpc)
             scales = self._scales("refined" if refine else "symmetrized" if symmetrize else "network",
-                                  sigma_at_input, summary.class_probs)
+                                  sigma_at_input, centre[:, 0], summary.class_probs)
             half68, half95 = (np.minimum(scales[level] * spread, widest) for level in ("68", "95"))
         angle = physical_from_theta(centre_theta, geometry.lens, geometry.fov_kpc)["position_angle"]
         values, uncertainties = _physical(centre, half68, half95, angle, geometry)
@@ -283,23 +283,25 @@ class Predictor:
         theta, log_spread, logits = (torch.cat(part, dim=1) for part in zip(*parts, strict=True))
         return theta, log_spread, logits
 
-    def _scales(self, mode: str, sigma_at_input: np.ndarray, class_probs: np.ndarray) -> dict[str, np.ndarray]:
+    def _scales(self, mode: str, sigma_at_input: np.ndarray, log10_mass: np.ndarray, class_probs: np.ndarray
+                ) -> dict[str, np.ndarray]:
         """{level: calibration factors k (B, one per REPORTED quantity)} of a mode (network, refined,
-        symmetrized), each map's from its group (`interval_groups`: noise bin, reported as "none" or not);
-        ones without calibration."""
+        symmetrized), each map's from its cell (`interval_groups`: noise bin, bin of the estimated log10 M_vir,
+        reported as "none" or not); ones without calibration."""
         if not self.calibration:
             return {level: np.ones((len(sigma_at_input), len(REPORTED))) for level in ("68", "95")}
         if mode not in self.calibration:
             raise InputError("symmetrize", f"this model's card has no calibration for the {mode} mode: "
                                            "refit it with `lensing calibrate`")
-        bins = noise_bin(sigma_at_input, self.calibration["noise_bin_edges"])
+        noise = noise_bin(sigma_at_input, self.calibration["noise_bin_edges"])
+        mass = mass_bin(log10_mass, self.calibration["mass_bin_edges"])
         members = group_members(class_probs)
         scales = {}
         for level, by_group in self.calibration[mode].items():
-            scales[level] = np.empty((len(bins), len(REPORTED)))
+            scales[level] = np.empty((len(noise), len(REPORTED)))
             for group, chosen in members.items():
-                per_bin = np.array([by_group[group][name] for name in REPORTED]).T  # (bins, REPORTED)
-                scales[level][chosen] = per_bin[bins[chosen]]
+                cells = np.array([by_group[group][name] for name in REPORTED])  # (REPORTED, noise bins, mass bins)
+                scales[level][chosen] = cells[:, noise[chosen], mass[chosen]].T
         return scales
 
     def predict(
