@@ -416,6 +416,8 @@ def test_model_card_tab(page, screenshots):
     assert counts == [n for row in card["metrics"]["confusion_matrix"] for n in row]
     smooth_mass = card["metrics"]["sets"]["smooth"]["network"]["coverage_68"]["log10_M_vir"]
     assert "Coverage" in text(page, "#model-card") and f"{100 * smooth_mass:.1f} %" in text(page, "#model-card")
+    by_mass = card["metrics"]["sets"]["noisy_sigma_0.005"]["network"]["coverage_68_by_true_mass"]["log10_M_vir"]
+    assert " / ".join(f"{100 * c:.1f} %" for c in by_mass) in text(page, "#model-card")  # faint to massive halos
     assert "Training domain" in text(page, "#model-card") and "0.05 to 0.5 of the field of view" in text(
         page, "#model-card")
     assert card["calibration_command"] in text(page, "#model-card")  # a refit after training is on the page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from .domain import TrainingDomain
 
@@ -16,6 +17,14 @@ def _table(rows: list[list[str]]) -> str:
 
 SHORT_NAMES = {"log10_M_vir": "M", "log10_r_s": "r_s", "ellipticity": "e", "center_x_kpc": "x_c",
                "center_y_kpc": "y_c"}
+
+
+def _compact_json(value: object) -> str:
+    """Indented JSON with every innermost list of numbers on one line: a k table reads as one line per noise
+    bin (its mass bins side by side) instead of one number per line."""
+    text = json.dumps(value, indent=2)
+    numbers = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")
+    return numbers.sub(lambda m: "[" + ", ".join(n.strip() for n in m.group(1).split(",")) + "]", text)
 
 
 def _coverage(block: dict, level: str) -> str:
@@ -162,7 +171,7 @@ mode; a cell with fewer than 30 takes the k of its noise bin over all masses, an
 over all bins.
 
 ```json
-{json.dumps(card.get('calibration', {}), indent=2)}
+{_compact_json(card.get('calibration', {}))}
 ```
 
 ## Measured metrics
