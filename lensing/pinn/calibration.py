@@ -40,7 +40,7 @@ from .preprocess import noise_at_input
 CALIBRATION_SAMPLES = 50
 LEVELS = {"68": 0.6827, "95": 0.9545}
 MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one cell (group, noise bin, mass bin)
-MODES = {  # the calibrated ways to run the network: predict_batch options
+MODES = {  # the calibrated ways to run the network (predictor.CALIBRATED_MODES): predict_batch options
     "network": {"refine": False, "symmetrize": False},
     "refined": {"refine": True, "symmetrize": False},
     "symmetrized": {"refine": False, "symmetrize": True},

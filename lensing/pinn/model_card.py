@@ -6,6 +6,7 @@ import json
 import re
 
 from .domain import TrainingDomain
+from .interval_groups import MASS_BIN_EDGES
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -86,10 +87,11 @@ def _coverage_by_mass_section(sets: dict) -> str:
             rows.append([name, *(" / ".join("-" if c is None else f"{c:.2f}" for c in by_mass[q]) for q in quantities)])
     if len(rows) == 1:
         return ""
-    return ("68 % coverage by true M_vir, network alone, in the quarters of the training box (below 10^11.75, "
-            "10^11.75-10^12.5, 10^12.5-10^13.25, above 10^13.25 Msun; - where a set has no such halos): the "
-            "calibration's mass bins are there so that faint halos do not under-cover while massive ones "
-            "over-cover.\n\n" + _table(rows))
+    edges = [f"10^{edge:g}" for edge in MASS_BIN_EDGES]
+    bins = ", ".join([f"below {edges[0]}", *(f"{a}-{b}" for a, b in zip(edges, edges[1:])), f"above {edges[-1]}"])
+    return (f"68 % coverage by true M_vir, network alone, in the mass bins of the calibration ({bins} Msun; - "
+            "where a set has no such halos): they are there so that faint halos do not under-cover while "
+            "massive ones over-cover.\n\n" + _table(rows))
 
 
 def _provenance_lines(source: dict | None, depth: int = 0) -> str:

@@ -67,6 +67,7 @@ OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentra
                      "center_y_kpc")
 INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity", "center_x_kpc", "center_y_kpc")  # order matches REPORTED
 NOISE_SOURCES = ("given", "estimated")
+CALIBRATED_MODES = ("network", "refined", "symmetrized")  # the ways to run it that `calibration` fits
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -157,6 +158,7 @@ class Predictor:
         self.card = card
         self.scaler = ThetaScaler(**{k: tuple(v) for k, v in card["theta_scaler"].items()})
         self.calibration = card.get("calibration")
+        self._k_tables = _k_tables(self.calibration)
         self.domain = TrainingDomain.from_card(card)
 
     @classmethod
@@ -290,18 +292,17 @@ class Predictor:
         reported as "none" or not); ones without calibration."""
         if not self.calibration:
             return {level: np.ones((len(sigma_at_input), len(REPORTED))) for level in ("68", "95")}
-        if mode not in self.calibration:
+        if mode not in self._k_tables:
             raise InputError("symmetrize", f"this model's card has no calibration for the {mode} mode: "
                                            "refit it with `lensing calibrate`")
         noise = noise_bin(sigma_at_input, self.calibration["noise_bin_edges"])
         mass = mass_bin(log10_mass, self.calibration["mass_bin_edges"])
         members = group_members(class_probs)
         scales = {}
-        for level, by_group in self.calibration[mode].items():
+        for level, by_group in self._k_tables[mode].items():
             scales[level] = np.empty((len(noise), len(REPORTED)))
             for group, chosen in members.items():
-                cells = np.array([by_group[group][name] for name in REPORTED])  # (REPORTED, noise bins, mass bins)
-                scales[level][chosen] = cells[:, noise[chosen], mass[chosen]].T
+                scales[level][chosen] = by_group[group][:, noise[chosen], mass[chosen]].T
         return scales
 
     def predict(
@@ -393,6 +394,15 @@ def _physical(centre: np.ndarray, half68: np.ndarray | None, half95: np.ndarray 
         uncertainties[f"{name}_p2_5"] = to_physical(centre[:, i] - half95[:, i])
         uncertainties[f"{name}_p97_5"] = to_physical(centre[:, i] + half95[:, i])
     return values, uncertainties
+
+
+def _k_tables(calibration: dict | None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """{mode: {level: {group: k array (REPORTED, noise bins, mass bins)}}} of a card's calibration, read once
+    rather than on every predict call (the card stores them as nested lists per quantity)."""
+    return {mode: {level: {group: np.array([by_quantity[name] for name in REPORTED])
+                           for group, by_quantity in by_group.items()}
+                   for level, by_group in calibration[mode].items()}
+            for mode in CALIBRATED_MODES if calibration and mode in calibration}
 
 
 def _noise_levels(maps: np.ndarray, noise_sigma: float | Sequence[float | None] | None

@@ -50,13 +50,18 @@ function coverage(blocks) {
       ...levels.flatMap(([key]) => COVERED.map(([k]) => (b[key]?.[k] != null ? percent(b[key][k]) : "–")))]));
 }
 
-const MASS_QUARTERS = "below 10¹¹·⁷⁵, 10¹¹·⁷⁵–10¹²·⁵, 10¹²·⁵–10¹³·²⁵, above 10¹³·²⁵ M☉";
+/** The calibration's mass bins in words (log10 M_vir edges -> "below 10^11.75, ..., above 10^13.25 M☉"). */
+function massBins(edges) {
+  const powers = edges.map((e) => `10^${e}`);
+  return [`below ${powers[0]}`, ...powers.slice(1).map((p, i) => `${powers[i]}–${p}`), `above ${powers.at(-1)}`]
+    .join(", ") + " M☉";
+}
 
-/** 68 % coverage by true-mass quarter of the training box (a set can cover on average and not by mass). */
-function coverageByMass(blocks) {
+/** 68 % coverage by true-mass bin (a set can cover on average and not by mass). */
+function coverageByMass(blocks, edges) {
   const rows = blocks.filter(([, b]) => b.coverage_68_by_true_mass);
-  if (!rows.length) return null;
-  return table(`68 % coverage by true halo mass (quarters: ${MASS_QUARTERS}; – where a set has none)`,
+  if (!rows.length || !edges) return null;
+  return table(`68 % coverage by true halo mass (${massBins(edges)}; – where a set has none)`,
     ["set", ...COVERED.slice(0, 3).map(([, name]) => `${name}, by mass`)],
     rows.map(([label, b]) => [label, ...COVERED.slice(0, 3).map(([k]) =>
       b.coverage_68_by_true_mass[k].map((c) => (c != null ? percent(c) : "–")).join(" / "))]));
@@ -102,7 +107,7 @@ export function setupModel(panel, ctx) {
       box.replaceChildren(
         el("h2", {}, `${card.name || "PINN"} ${card.version || ""}`), el("p", {}, card.description || ""),
         el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
-        trainingDomain(info?.training_domain), accuracy(blocks), coverage(blocks), coverageByMass(blocks),
+        trainingDomain(info?.training_domain), accuracy(blocks), coverage(blocks), coverageByMass(blocks, card.calibration?.mass_bin_edges),
         matrix ? confusion(matrix, classes) : null,
         el("div", { class: "card-plots" }, ...(await Promise.all(plots.map(plotFigure)))),
         el("details", {}, el("summary", {}, "The whole card (JSON)"), el("pre", {}, JSON.stringify(card, null, 2))));
