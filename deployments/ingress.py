@@ -4,7 +4,8 @@ One job: hold the replica's lifecycle and wire the parts the routes use. The Fas
 replica by `http.api.create_app` around this object, which serves the routes' `Service` interface by
 handing each call to its part: `Synthesis` (maps), `Inference` (the PINN pool), `BatchJobs` (batches and
 their background runner), `JobRecorder` (job records), `RequestStats` (counters), `PoolClient` (the
-model's card summary). Those talk to the other deployments through DeploymentHandles.
+model's card summary), `LoneMaps` (a lone map computed here, not in the pool, when the settings say so).
+The others talk to the other deployments through DeploymentHandles.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .http.api import create_app
 from .http.inference_body import InferenceInput
 from .http.schemas import BatchRequest, InferenceOptions, SyntheticRequest
 from .inference import Inference
+from .lone_maps import LoneMaps
 from .pinn_pool import PoolClient
 from .recorder import JobRecorder
 from .request_stats import RequestStats
@@ -36,7 +38,8 @@ class Ingress:
         # every part reaches the store through the client: timeouts, retries on a lost replica, StoreUnavailable
         self.settings, self.store = settings, StoreClient(store, timeout_s=2 * settings.store_timeout_s)
         recorder = JobRecorder(self.store)
-        self.pool = PoolClient(predictor, settings.pool)
+        lone_maps = LoneMaps(settings.predictor) if settings.pool.lone_maps_in_ingress else None
+        self.pool = PoolClient(predictor, settings.pool, lone_maps)
         self.synthesis = Synthesis(generator, recorder)
         self.inference = Inference(self.pool, recorder)
         self.batches = BatchJobs(self.store, recorder, self.synthesis, self.inference, settings.batch,

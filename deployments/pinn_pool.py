@@ -14,8 +14,9 @@ Errors. Bad input (an `InputError` from the library) fails only its own map, as 
 that names the field. Any other exception is our fault: the batch is retried map by map, and a map that
 still fails is reported as an internal failure (logged here), never as the client's.
 
-Client. `PoolClient` (one per ingress replica) sends each map through `GroupedCalls` and caches the
-model card summary the pool reports.
+Client. `PoolClient` (one per ingress replica) sends each map through `GroupedCalls`, or hands a lone
+plain map to `lone_maps.LoneMaps` to compute in the ingress itself (with `load_predictor` and
+`predict_items` from here), and caches the model card summary the pool reports.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -40,6 +42,9 @@ from lensing.pinn.predictor import Predictor, resolve_device
 from .grouping import GroupedCalls
 from .metrics import PredictorMetrics
 from .settings import PINN_POOL_REPLICA, PoolBatching, PoolCallSettings, PredictorSettings
+
+if TYPE_CHECKING:
+    from .lone_maps import LoneMaps  # which imports this module
 
 logger = logging.getLogger("ray.serve")
 
@@ -76,19 +81,54 @@ class InferenceFailure:
         return self.field is not None
 
 
+def load_predictor(settings: PredictorSettings, device: str) -> Predictor:
+    """The Predictor the settings name (the package's weights by default), warmed up before traffic."""
+    if settings.weights is not None and settings.card is not None:
+        predictor = Predictor.from_files(settings.weights, settings.card, device=device)
+    else:
+        predictor = Predictor.from_package(device=device)
+    predictor.predict([np.zeros((64, 64))], mc_samples=2, seed=0)
+    return predictor
+
+
+def predict_items(predictor: Predictor, items: list[InferenceItem], max_mc_work: int) -> list[dict | InferenceFailure]:
+    """One vectorised call for the maps; if it raises, each map alone, so a failure stays its own."""
+    try:
+        return [*predictor.predict(
+            [i.kappa for i in items], [i.geometry for i in items], mc_samples=[i.mc_samples for i in items],
+            refine=[i.refine for i in items], seed=[i.seed for i in items], max_mc_work=max_mc_work,
+            noise_sigma=[i.noise_sigma for i in items], symmetrize=[i.symmetrize for i in items])]
+    except Exception as exc:  # noqa: BLE001 - sorted out map by map below
+        if len(items) == 1:
+            return [failure_of(exc)]
+    return [result for item in items for result in predict_items(predictor, [item], max_mc_work)]
+
+
+def failure_of(exc: Exception) -> InferenceFailure:
+    """The client's fault for an InputError; ours (logged) for anything else."""
+    if isinstance(exc, InputError):
+        return InferenceFailure(str(exc), exc.field)
+    logger.error("inference failed for one map: %s", type(exc).__name__, exc_info=exc)
+    return InferenceFailure(f"inference failed: {type(exc).__name__}")
+
+
+def with_serving(results: list[dict | InferenceFailure], device: str, latency_ms: float,
+                 computed_in: str) -> list[dict | InferenceFailure]:
+    """The results, each tagged with how it was computed (the response's `serving`)."""
+    serving = {"batch_size": len(results), "device": device, "batch_ms": round(latency_ms, 3),
+               "computed_in": computed_in}
+    return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
+
+
 @serve.deployment(**PINN_POOL_REPLICA.deployment_options(user_config=BATCHING.model_dump()))
 class PINNPredictor:
     def __init__(self, settings: PredictorSettings | None = None) -> None:
         settings = settings or PredictorSettings()
         self.device = resolve_device(settings.device)
-        if settings.weights is not None and settings.card is not None:
-            self.predictor = Predictor.from_files(settings.weights, settings.card, device=self.device)
-        else:
-            self.predictor = Predictor.from_package(device=self.device)
+        self.predictor = load_predictor(settings, self.device)
         self.config = BATCHING
         self.batch_sizes: Counter[int] = Counter()
         self._metrics = PredictorMetrics()
-        self.predictor.predict([np.zeros((64, 64))], mc_samples=2, seed=0)  # warm up torch before traffic
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply a `PoolBatching` to the running replica (called by Serve on deploy and on changes)."""
@@ -105,26 +145,6 @@ class PINNPredictor:
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
         self.config = config
-
-    def _predict(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
-        """One vectorised call for the batch; if it raises, each map alone, so a failure stays its own."""
-        try:
-            return [*self.predictor.predict(
-                [i.kappa for i in items], [i.geometry for i in items], mc_samples=[i.mc_samples for i in items],
-                refine=[i.refine for i in items], seed=[i.seed for i in items], max_mc_work=self.config.max_mc_work,
-                noise_sigma=[i.noise_sigma for i in items], symmetrize=[i.symmetrize for i in items])]
-        except Exception as exc:  # noqa: BLE001 - sorted out map by map below
-            if len(items) == 1:
-                return [self._failure(exc)]
-        return [result for item in items for result in self._predict([item])]
-
-    @staticmethod
-    def _failure(exc: Exception) -> InferenceFailure:
-        """The client's fault for an InputError; ours (logged) for anything else."""
-        if isinstance(exc, InputError):
-            return InferenceFailure(str(exc), exc.field)
-        logger.error("inference failed for one map: %s", type(exc).__name__, exc_info=exc)
-        return InferenceFailure(f"inference failed: {type(exc).__name__}")
 
     async def infer_stack(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
         """Results of one request's stack of maps, in order: computed together as one batch of their own
@@ -148,12 +168,11 @@ class PINNPredictor:
     async def _run_batch(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
         """Compute a batch in a worker thread; record its size and latency; tag results with the batch size."""
         started = time.perf_counter()
-        results = await asyncio.to_thread(self._predict, items)
+        results = await asyncio.to_thread(predict_items, self.predictor, items, self.config.max_mc_work)
         latency_ms = 1e3 * (time.perf_counter() - started)
         self.batch_sizes[len(items)] += 1
         self._metrics.record_batch(self.device, [i.mc_samples for i in items], latency_ms)
-        serving = {"batch_size": len(items), "device": self.device, "batch_ms": round(latency_ms, 3)}
-        return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
+        return with_serving(results, self.device, latency_ms, "pool")
 
     def info(self) -> dict:
         """The model's identity and card summary (the HTTP layer shapes /api/v1/models from it), what each
@@ -176,18 +195,26 @@ class PINNPredictor:
 
 class PoolClient:
     """The ingress's view of the pool: `infer(item)` for one map (grouped with its neighbours' maps into
-    one call), `model_info()` for the card summary (cached for MODEL_INFO_TTL_S, None while no replica
-    answers). `infer` raises what the call raised (a replica lost, say)."""
+    one call, or computed in this replica by `lone_maps` while its traffic is sequential), `model_info()` for
+    the card summary (cached for MODEL_INFO_TTL_S, None while no replica answers). `infer` raises what the
+    call raised (a replica lost, say)."""
 
-    def __init__(self, pool: DeploymentHandle, settings: PoolCallSettings) -> None:
+    def __init__(self, pool: DeploymentHandle, settings: PoolCallSettings, lone_maps: LoneMaps | None = None) -> None:
         self._pool = pool
         self._calls: GroupedCalls[InferenceItem, dict | InferenceFailure] = GroupedCalls(
             lambda items: pool.infer_many.remote(items), settings.max_group, settings.calls_in_flight)
+        self._lone_maps = lone_maps
         self._model: dict | None = None
         self._model_at = 0.0
 
     async def infer(self, item: InferenceItem) -> dict | InferenceFailure:
-        return await self._calls.submit(item)
+        """One map's result: computed in this replica when it is lone (`lone_maps`), else from the pool."""
+        if self._lone_maps is None:
+            return await self._calls.submit(item)
+        with self._lone_maps.arriving() as lone:
+            if lone and self._lone_maps.takes(item, self._model):
+                return await self._lone_maps.infer(item)
+            return await self._calls.submit(item)
 
     async def infer_stack(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
         """The pool's results for one request's stack of maps, in one call."""

@@ -98,6 +98,11 @@ class PoolCallSettings(_Settings):
         2, ge=1, description="calls under way per ingress replica; further maps wait and go together in the next. "
         "The pool's autoscaler counts calls, not maps: with autoscaling, make this at least the pool's "
         "max_replicas x target_ongoing_requests, so maps are grouped only past that load")
+    lone_maps_in_ingress: bool = Field(
+        True, description="compute a plain map (no refine, no symmetrize) that arrives while this ingress replica's "
+        "maps come one at a time in the ingress itself, with the pool's model and the map's seed: it has no batch "
+        "to share, and the call to the pool costs ~6 ms on a laptop (deployments/lone_maps.py). Only while the "
+        "pool computes on the CPU; false (GPU pools): every map goes to the pool and the ingress loads no model")
 
 
 class PredictorSettings(_Settings):

@@ -58,9 +58,11 @@ def autoscaled_config(port: int, store) -> dict:
     predictor.pop("num_replicas", None)  # serve_config.yaml may leave it at the code default
     predictor["autoscaling_config"] = dict(TEST_AUTOSCALING)
     predictor.setdefault("ray_actor_options", {})["num_cpus"] = 0.5  # two replicas and the rest of the app fit 2 CPUs
-    # as in configs/serve-gpu.yaml: maps travel one per call until the pool's full range, so calls count maps
+    # as in configs/serve-gpu.yaml: maps travel one per call until the pool's full range, so calls count maps,
+    # and every map goes to the pool (none computed in the ingress)
     config["applications"][0]["args"]["pool"] = {
-        "calls_in_flight": TEST_AUTOSCALING["max_replicas"] * TEST_AUTOSCALING["target_ongoing_requests"]}
+        "calls_in_flight": TEST_AUTOSCALING["max_replicas"] * TEST_AUTOSCALING["target_ongoing_requests"],
+        "lone_maps_in_ingress": False}
     # small batches, so that requests wait in the replica (they count as ongoing) rather than all run at once
     predictor["user_config"].update(max_batch_size=2, batch_wait_timeout_s=0.0)
     return config

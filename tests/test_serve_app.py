@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from deployments.lone_maps import SEQUENTIAL_FOR_S
 from harness.serve import (
     APP,
     GPU_CONFIG,
@@ -335,6 +336,7 @@ def test_symmetrize_pools_the_eight_views_as_the_library_does(live):
     maps = stack_maps()[:2]
     library = Predictor.from_package(device="cpu").predict([maps[0]], mc_samples=10, seed=5, symmetrize=True)[0]
     by_json = infer(live, maps[0], mc_samples=10, seed=5, symmetrize=True)
+    assert by_json["serving"]["computed_in"] == "pool"  # 8x the compute: never in the ingress
     by_npy = requests.post(live.url("/api/v1/inference"), params={"mc_samples": 10, "seed": 5, "symmetrize": "true"},
                            data=npy_bytes(maps[0]), headers={"Content-Type": NPY}, timeout=60).json()
     plain = infer(live, maps[0], mc_samples=10, seed=5)
@@ -518,9 +520,14 @@ def test_concurrent_requests_form_batches_and_match_unbatched(live):
     assert max(sizes) > 1, sizes
     after = predictor_settings()["batch_sizes"]
     assert any(int(size) > 1 and after[size] > before.get(size, 0) for size in after), (before, after)
-    for (kappa, options), together in zip(requests_[:4], batched[:4], strict=True):
+    # a lone plain map runs in the ingress (no hop to the pool): the same result as the pool's batches
+    in_pool = [(r, together) for r, together in zip(requests_, batched, strict=True)
+               if together["serving"]["computed_in"] == "pool"]
+    assert len(in_pool) >= len(requests_) - 4, [r["serving"] for r in batched]
+    time.sleep(SEQUENTIAL_FOR_S + 0.1)  # the ingress's traffic is sequential again after this
+    for (kappa, options), together in in_pool[:6]:
         alone = infer(live, kappa, **options)
-        assert alone["serving"]["batch_size"] == 1
+        assert alone["serving"]["batch_size"] == 1 and alone["serving"]["computed_in"] == "ingress"
         assert_same_result(alone, together)
 
 

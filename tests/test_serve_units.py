@@ -68,6 +68,7 @@ def test_gpu_config_lets_the_pool_autoscaler_see_the_load():
     autoscaling = deployment(config, "PINNPredictor")["autoscaling_config"]
     pool = AppSettings.model_validate(config["applications"][0]["args"]).pool
     assert pool.calls_in_flight >= autoscaling["max_replicas"] * autoscaling["target_ongoing_requests"]
+    assert not pool.lone_maps_in_ingress  # a CPU ingress must not compute beside a GPU pool
 
 
 def test_pool_client_sends_a_lone_map_at_once_and_groups_maps_that_wait():
@@ -106,6 +107,62 @@ def test_pool_client_sends_a_lone_map_at_once_and_groups_maps_that_wait():
     asyncio.run(scenario())
 
 
+def test_a_lone_plain_map_is_computed_in_the_ingress_and_the_rest_go_to_the_pool(monkeypatch):
+    """`LoneMaps` takes a plain map while the ingress's traffic is sequential and the pool runs the same model
+    on the CPU; once maps overlap, all go to the pool for SEQUENTIAL_FOR_S (its result equals the pool's up
+    to round-off: checked live in tests/test_serve_app.py)."""
+    from deployments import lone_maps as lone_maps_module
+    from deployments.settings import PredictorSettings
+
+    monkeypatch.setattr(lone_maps_module, "SEQUENTIAL_FOR_S", 0.2)
+    lone_maps = lone_maps_module.LoneMaps(PredictorSettings())
+    pool_model = dict(lone_maps.model)
+    kappa = np.zeros((64, 64)) + 0.02
+
+    def item_(seed: int, **options) -> InferenceItem:
+        return InferenceItem(kappa, MapGeometry(), 5, seed, **options)
+
+    assert lone_maps.takes(item_(0), pool_model)
+    assert not lone_maps.takes(item_(0, refine=True), pool_model)
+    assert not lone_maps.takes(item_(0, symmetrize=True), pool_model)
+    assert not lone_maps.takes(item_(0), None)  # the pool has not answered yet
+    assert not lone_maps.takes(item_(0), pool_model | {"device": "cuda"})
+    assert not lone_maps.takes(item_(0), pool_model | {"version": "0.0.1"})
+
+    class FakePool:
+        def __init__(self) -> None:
+            self.seeds: list[int] = []
+            self.infer_many = self
+
+        def remote(self, items: list):
+            self.seeds += [i.seed for i in items]
+
+            async def answer() -> list:
+                await asyncio.sleep(0.01)
+                return [{"seed": i.seed, "serving": {"computed_in": "pool"}} for i in items]
+
+            return answer()
+
+    async def where(client: PoolClient, item: InferenceItem) -> str:
+        return (await client.infer(item))["serving"]["computed_in"]
+
+    async def scenario() -> None:
+        pool = FakePool()
+        client = PoolClient(pool, PoolCallSettings(), lone_maps)
+        client._model = pool_model  # as cached from the pool's info
+        assert [await where(client, item_(k)) for k in (1, 2)] == ["ingress", "ingress"]  # one after another
+        assert pool.seeds == []
+        together = await asyncio.gather(*(where(client, item_(k)) for k in range(3, 7)))
+        assert together == ["ingress", "pool", "pool", "pool"] and pool.seeds == [4, 5, 6]
+        assert await where(client, item_(7)) == "pool"  # maps overlapped just now: the pool batches them
+        assert await where(client, item_(8, refine=True)) == "pool"
+        await asyncio.sleep(0.25)
+        assert await where(client, item_(9)) == "ingress"  # sequential again
+        assert await where(client, item_(10, refine=True)) == "pool"
+
+    asyncio.run(scenario())
+
+
 def test_request_schemas_use_only_json_schema_keywords():
     """Pydantic writes a constraint it cannot attach to the type (e.g. bounds after a BeforeValidator) as
     its own `ge`/`le` keys, which JSON Schema ignores: clients and schemathesis would miss the bound."""
@@ -133,21 +190,20 @@ def test_an_internal_error_in_the_model_is_not_the_clients_fault(monkeypatch):
     from deployments.http.api import create_app
     from deployments.http.errors import InternalFailure
     from deployments.inference import Inference
-    from deployments.pinn_pool import InferenceFailure, PINNPredictor
+    from deployments.pinn_pool import InferenceFailure, predict_items
     from lensing.pinn.predictor import Predictor
 
-    pool = object.__new__(PINNPredictor.func_or_class)  # the replica's logic, without a Serve replica
-    pool.predictor, pool.config = Predictor.from_package(device="cpu"), PoolBatching()
+    predictor, max_mc_work = Predictor.from_package(device="cpu"), PoolBatching().max_mc_work
     good, bad = np.zeros((32, 32)) + 0.01, np.full((32, 32), np.nan)
     items = [InferenceItem(good, MapGeometry(), 5, 1), InferenceItem(bad, MapGeometry(), 5, 2)]
-    ok, bad_input = pool._predict(items)
+    ok, bad_input = predict_items(predictor, items, max_mc_work)
     assert isinstance(ok, dict) and isinstance(bad_input, InferenceFailure) and bad_input.field == "convergence_map"
 
     def broken(*args, **kwargs):
         raise ValueError("mat1 and mat2 shapes cannot be multiplied (64x3 and 4x256)")
 
-    monkeypatch.setattr(pool.predictor.model.encoder, "forward", broken)
-    failures = pool._predict(items[:1] * 2)
+    monkeypatch.setattr(predictor.model.encoder, "forward", broken)
+    failures = predict_items(predictor, items[:1] * 2, max_mc_work)
     assert all(isinstance(f, InferenceFailure) and not f.bad_input for f in failures)
 
     class FailingPool:

@@ -192,7 +192,10 @@ class ModelRef(BaseModel):
 class Serving(BaseModel):
     batch_size: int = Field(description="maps in the PINN batch this one ran in")
     device: str
-    batch_ms: float = Field(description="compute time of that batch in the PINN replica, ms")
+    batch_ms: float = Field(description="compute time of that batch, ms")
+    computed_in: Literal["pool", "ingress"] = Field(
+        description="where the map ran: a PINN pool replica, or the ingress replica that took the request (a lone "
+        "plain map on a CPU service: same model and seed, no call to the pool)")
 
 
 class TrainingDomainCheck(BaseModel):
