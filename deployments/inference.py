@@ -20,7 +20,8 @@ from . import timing
 from .http.errors import InternalFailure, InvalidInput, Unavailable, invalid_input
 from .http.inference_body import InferenceInput
 from .http.schemas import InferenceOptions, InferenceRequest
-from .pinn_pool import InferenceFailure, InferenceItem, PoolClient
+from .pinn_pool import InferenceFailure, InferenceItem
+from .pool_client import PoolClient
 from .recorder import JobRecorder
 from .store import now_iso
 from .synthesis import new_seed

@@ -22,7 +22,7 @@ from .http.inference_body import InferenceInput
 from .http.schemas import BatchRequest, InferenceOptions, SyntheticRequest
 from .inference import Inference
 from .lone_maps import LoneMaps
-from .pinn_pool import PoolClient
+from .pool_client import PoolClient
 from .recorder import JobRecorder
 from .request_stats import RequestStats
 from .settings import INGRESS_REPLICA, AppSettings

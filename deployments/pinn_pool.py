@@ -1,4 +1,4 @@
-"""The PINN pool: the `PINNPredictor` deployment, and the ingress's client of it (docs/design.md section 7).
+"""The PINN pool: the `PINNPredictor` deployment and what it shares with the ingress (docs/design.md section 7).
 
 Deployment. The ingress calls `infer_many(items)` with the maps of its concurrent requests (one handle call
 per group: a call between deployments costs more CPU than a small map's inference). `infer_many` hands
@@ -14,9 +14,9 @@ Errors. Bad input (an `InputError` from the library) fails only its own map, as 
 that names the field. Any other exception is our fault: the batch is retried map by map, and a map that
 still fails is reported as an internal failure (logged here), never as the client's.
 
-Client. `PoolClient` (one per ingress replica) sends each map through `GroupedCalls`, or hands a lone
-plain map to `lone_maps.LoneMaps` to compute in the ingress itself (with `load_predictor` and
-`predict_items` from here), and caches the model card summary the pool reports.
+Shared with the ingress: `InferenceItem` and `InferenceFailure` travel between them; `load_predictor`,
+`predict_items` and `with_serving` also serve `lone_maps.LoneMaps`, which computes a lone map in the
+ingress with the pool's code. The ingress's client of this deployment is `pool_client.PoolClient`.
 """
 
 from __future__ import annotations
@@ -27,30 +27,22 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 import torch
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from lensing.cosmology import MapGeometry
 from lensing.limits import InputError
 from lensing.pinn.predictor import Predictor, resolve_device
 
-from .grouping import GroupedCalls
 from .metrics import PredictorMetrics
-from .settings import PINN_POOL_REPLICA, PoolBatching, PoolCallSettings, PredictorSettings
-
-if TYPE_CHECKING:
-    from .lone_maps import LoneMaps  # which imports this module
+from .settings import PINN_POOL_REPLICA, PoolBatching, PredictorSettings
 
 logger = logging.getLogger("ray.serve")
 
 BATCHING = PoolBatching()
-MODEL_INFO_TTL_S = 30.0
-MODEL_INFO_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -191,42 +183,3 @@ class PINNPredictor:
             "replica_id": context.replica_id.unique_id,
             "batch_sizes": dict(self.batch_sizes),
         }
-
-
-class PoolClient:
-    """The ingress's view of the pool: `infer(item)` for one map (grouped with its neighbours' maps into
-    one call, or computed in this replica by `lone_maps` while its traffic is sequential), `model_info()` for
-    the card summary (cached for MODEL_INFO_TTL_S, None while no replica answers). `infer` raises what the
-    call raised (a replica lost, say)."""
-
-    def __init__(self, pool: DeploymentHandle, settings: PoolCallSettings, lone_maps: LoneMaps | None = None) -> None:
-        self._pool = pool
-        self._calls: GroupedCalls[InferenceItem, dict | InferenceFailure] = GroupedCalls(
-            lambda items: pool.infer_many.remote(items), settings.max_group, settings.calls_in_flight)
-        self._lone_maps = lone_maps
-        self._model: dict | None = None
-        self._model_at = 0.0
-
-    async def infer(self, item: InferenceItem) -> dict | InferenceFailure:
-        """One map's result: computed in this replica when it is lone (`lone_maps`), else from the pool."""
-        if self._lone_maps is None:
-            return await self._calls.submit(item)
-        with self._lone_maps.arriving() as lone:
-            if lone and self._lone_maps.takes(item, self._model):
-                return await self._lone_maps.infer(item)
-            return await self._calls.submit(item)
-
-    async def infer_stack(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
-        """The pool's results for one request's stack of maps, in one call."""
-        return await self._pool.infer_stack.remote(items)
-
-    async def model_info(self) -> dict | None:
-        if self._model is None or time.monotonic() - self._model_at > MODEL_INFO_TTL_S:
-            response = self._pool.info.remote()
-            try:
-                self._model = await asyncio.wait_for(asyncio.shield(response), MODEL_INFO_TIMEOUT_S)
-                self._model_at = time.monotonic()
-            except Exception:  # noqa: BLE001 - reported as not loaded
-                response.cancel()
-                return self._model
-        return self._model

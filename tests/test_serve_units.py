@@ -12,7 +12,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.http.codecs import check_map, field_name, negotiate
 from deployments.http.errors import InvalidInput
-from deployments.pinn_pool import InferenceItem, PoolClient
+from deployments.pinn_pool import InferenceItem
+from deployments.pool_client import PoolClient
 from deployments.settings import AppSettings, PoolBatching, PoolCallSettings
 from harness.serve import GPU_CONFIG, SERVE_CONFIG, deployment, effective_deployment, load_yaml
 from lensing.cosmology import MapGeometry
