@@ -418,6 +418,11 @@ def test_model_card_tab(page, screenshots):
     assert "Coverage" in text(page, "#model-card") and f"{100 * smooth_mass:.1f} %" in text(page, "#model-card")
     by_mass = card["metrics"]["sets"]["noisy_sigma_0.005"]["network"]["coverage_68_by_true_mass"]["log10_M_vir"]
     assert " / ".join(f"{100 * c:.1f} %" for c in by_mass) in text(page, "#model-card")  # faint to massive halos
+    sidm = card["metrics"]["sets"]["scenarios"]["network"]["coverage_68_by_true_scenario"]["SIDM"]
+    row = "scenarios, network SIDM " + " ".join(f"{100 * sidm[k]:.1f} %" for k in ("log10_M_vir", "log10_r_s",
+                                                                                  "ellipticity"))
+    rows = [r.text for r in page.find_elements(By.CSS_SELECTOR, "#model-card tr") if r.text.startswith(row[:23])]
+    assert rows == [row], rows  # cored hosts' coverage, on the page
     assert "Training domain" in text(page, "#model-card") and "0.05 to 0.5 of the field of view" in text(
         page, "#model-card")
     assert card["calibration_command"] in text(page, "#model-card")  # a refit after training is on the page

@@ -6,12 +6,12 @@ deviation and the head's learned per-map spread), with refinement the fit's Lapl
 The validation set is drawn from the training mixture (noise, off-centre halos, scenarios, other
 geometries; a seed never used in training), with the noise estimated from each map as the service does
 by default; k68 and k95 are the 68th and 95th percentiles of |error| / raw spread, per mode and per
-cell: the map's noise bin, crossed with the bin of the mode's estimate of log10 M_vir, crossed with whether
-it is reported as "none" (`interval_groups`, which says why). A cell with too few maps takes the k of its
-noise bin over all masses (then its group's over all bins). `lensing evaluate` measures the coverage this
-gives on each kind of map separately.
+cell: the map's noise bin, crossed with the bin of the mode's estimate of log10 M_vir, crossed with the
+group of its reported class: none, CDM or WDM, SIDM (`interval_groups`, which says why). A cell with too
+few maps takes the k of its noise bin over all masses (then its group's over all bins). `lensing evaluate`
+measures the coverage this gives on each kind of map separately.
 
-Forty cells need many maps: a quantile of a few hundred ratios moves by several per cent from one
+Sixty cells need many maps: a quantile of a few hundred ratios moves by several per cent from one
 validation seed to the next, and so did the coverage (2.2.0 weights, 3,000 maps: 73 of the 80 network
 coverage figures within goal on the evaluation seed, 67 on another; 12,000 maps: 77 and 75). The
 network's k come from `n_maps` maps (cheap: ~1.5 ms a map), and so do the symmetrized mode's (the network
@@ -29,11 +29,10 @@ import numpy as np
 
 from ..arguments import SEED, at_least, invoked_command
 from ..cosmology import MapGeometry
-from ..scenarios import NO_SUBSTRUCTURE
 from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
-from .interval_groups import MASS_BIN_EDGES, NOISE_BIN_EDGES, SUBSTRUCTURE, group_members, mass_bin, noise_bin
+from .interval_groups import GROUPS, MASS_BIN_EDGES, NOISE_BIN_EDGES, group_members, mass_bin, noise_bin
 from .predictor import Predictor
 from .preprocess import noise_at_input
 
@@ -129,14 +128,14 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
                   "sqrt(MC Dropout std^2 + learned per-map spread^2) (network; symmetrized: over the pooled "
                   "samples of the map's eight turned and mirrored views) or Laplace std of the fit (refined); "
                   "k = quantile of |err| / spread on the training mixture, per mode and cell: the map's noise "
-                  "bin, the bin of its estimated log10 M_vir and whether it is reported as 'none'",
+                  "bin, the bin of its estimated log10 M_vir and the group of its reported class",
         "noise_bin_edges": list(NOISE_BIN_EDGES),
         "noise_bin_variable": "noise sigma per pixel at the network's input resolution (given or estimated); "
                               "each k list has one entry per noise bin: below the first edge, between edges, above",
         "mass_bin_edges": list(MASS_BIN_EDGES),
         "mass_bin_variable": "the mode's estimate of log10 M_vir [Msun]; each noise bin's entry is a list with one "
                              "k per mass bin, from the lightest to the heaviest",
-        "groups": {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'", SUBSTRUCTURE: "all others"},
+        "groups": GROUPS,
         "group_maps": _maps_per_group(*groups["network"]),
         "refined_group_maps": _maps_per_group(*groups["refined"]),
         "symmetrized_group_maps": _maps_per_group(*groups["symmetrized"]),

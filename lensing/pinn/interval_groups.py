@@ -8,9 +8,11 @@ a noise bin the spread still fell short on faint halos and overshot on massive o
 sigma 0.005: M's 68 % interval covered 50 % of hosts below 10^11.75 Msun and 94 % above 10^13.25): the
 lighter the halo, the less its map says above the noise, more than the spread admits. So k is fitted, and
 applied, per cell: the map's noise bin (sigma per pixel at the network's input resolution, given or
-estimated), crossed with the bin of its estimated log10 M_vir, crossed with the class the map is reported
-as ("none": no detectable substructure, or "substructure": any scenario). All three are known at inference
-time, from the map alone.
+estimated), crossed with the bin of its estimated log10 M_vir, crossed with the group of the class the map
+is reported as: "none" (no detectable substructure), "substructure" (CDM or WDM) or "cored" (SIDM). A cored
+host departs from the NFW profile the mass is read through, and its mass errors are twice the others': with
+SIDM in the "substructure" group (until 2.6.0), a 4,000-map sweep found M's 68 % interval covering 61.6 %
+of SIDM hosts and 72-76 % of CDM and WDM hosts. All three are known at inference time, from the map alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..scenarios import NO_SUBSTRUCTURE, NONE_CLASS
+from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS
 
 # noiseless (an estimate of a clean map stays below 5e-5; sigma 0.0005 estimates above 4.8e-4), faint, low,
 # moderate, high. Faint noise has a bin of its own: the training mixture's noisy maps start at sigma 0.001,
@@ -27,7 +29,12 @@ from ..scenarios import NO_SUBSTRUCTURE, NONE_CLASS
 NOISE_BIN_EDGES = (0.0003, 0.0025, 0.0075, 0.015)
 # the estimated log10 M_vir [Msun]: the quarters of the training box (10^11 to 10^14 Msun)
 MASS_BIN_EDGES = (11.75, 12.5, 13.25)
-SUBSTRUCTURE = "substructure"  # the group of maps reported as any scenario
+SUBSTRUCTURE = "substructure"  # the group of maps reported as CDM or WDM
+CORED = "cored"  # the group of maps reported as SIDM
+GROUPS = {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'",
+          SUBSTRUCTURE: "maps whose most probable class is 'CDM' or 'WDM'",
+          CORED: "maps whose most probable class is 'SIDM' (a cored host)"}
+SIDM_CLASS = CLASS_NAMES.index("SIDM")
 
 
 def bin_index(values, edges: Sequence[float]) -> np.ndarray:
@@ -46,6 +53,7 @@ def mass_bin(log10_mass, edges: Sequence[float] = MASS_BIN_EDGES) -> np.ndarray:
 
 
 def group_members(class_probs: np.ndarray) -> dict[str, np.ndarray]:
-    """{group: (B,) bool}: the maps reported as "none" (most probable class) and all others."""
-    none = np.asarray(class_probs).argmax(axis=1) == NONE_CLASS
-    return {NO_SUBSTRUCTURE: none, SUBSTRUCTURE: ~none}
+    """{group: (B,) bool}: the maps of each group of `GROUPS`, by their most probable class."""
+    reported = np.asarray(class_probs).argmax(axis=1)
+    none, cored = reported == NONE_CLASS, reported == SIDM_CLASS
+    return {NO_SUBSTRUCTURE: none, SUBSTRUCTURE: ~none & ~cored, CORED: cored}

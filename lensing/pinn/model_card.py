@@ -69,6 +69,7 @@ def _metrics_section(metrics: dict) -> str:
              "inside the training domain.",
              _table(rows)]
     parts.append(_coverage_by_mass_section(sets))
+    parts.append(_coverage_by_scenario_section(sets))
     scenarios = sets.get("scenarios", {}).get("network", {})
     if "confusion_matrix" in scenarios:
         columns = ", ".join(metrics.get("class_names", []))
@@ -92,6 +93,19 @@ def _coverage_by_mass_section(sets: dict) -> str:
     return (f"68 % coverage by true M_vir, network alone, in the mass bins of the calibration ({bins} Msun; - "
             "where a set has no such halos): they are there so that faint halos do not under-cover while "
             "massive ones over-cover.\n\n" + _table(rows))
+
+
+def _coverage_by_scenario_section(sets: dict) -> str:
+    """68 % coverage of M, r_s and e by true scenario, network alone, on the sets with substructure."""
+    quantities = ("log10_M_vir", "log10_r_s", "ellipticity")
+    rows = [["set", "scenario", *(SHORT_NAMES[q] for q in quantities)]]
+    for name, modes in sets.items():
+        for scenario, coverage in modes.get("network", {}).get("coverage_68_by_true_scenario", {}).items():
+            rows.append([name, scenario, *(f"{coverage[q]:.2f}" for q in quantities)])
+    if len(rows) == 1:
+        return ""
+    return ("68 % coverage by true scenario, network alone: a cored (SIDM) host's errors are about twice a CDM "
+            "or WDM host's, so the maps reported as SIDM have k of their own.\n\n" + _table(rows))
 
 
 def _provenance_lines(source: dict | None, depth: int = 0) -> str:
@@ -163,7 +177,8 @@ bin (`noise_bin_edges`: its noise sigma per pixel at the network's input resolut
 each k list has one entry per noise bin, from clean to the noisiest), crossed with the bin of its estimated
 log10 M_vir (`mass_bin_edges`; each noise bin's entry lists one k per mass bin, from the lightest halos to
 the heaviest: a faint halo's map says less above the noise than its raw spread admits), crossed with
-whether it is reported as "none" or as carrying substructure (`groups`). All three are known from the map
+the group of the class it is reported as (`groups`: none; CDM or WDM; SIDM, whose cored host makes its mass
+errors twice the others'). All three are known from the map
 alone, so the service picks each map's k the same way. k near 1 at 68 % and near 2 at 95 % mean the raw
 spreads were already honest Gaussian errors for maps of that cell; larger or smaller k mean they were too
 narrow or too wide there, and k corrects them on average. `group_maps` says how many validation maps each

@@ -42,7 +42,7 @@ from .encoding import (
     reported_std_from_covariance,
     spread_units,
 )
-from .interval_groups import group_members, mass_bin, noise_bin
+from .interval_groups import SUBSTRUCTURE, group_members, mass_bin, noise_bin
 from .model import PINN
 from .preprocess import noise_at_input, noise_feature, prepare_input
 from .refine import refine_theta
@@ -289,7 +289,7 @@ class Predictor:
                 ) -> dict[str, np.ndarray]:
         """{level: calibration factors k (B, one per REPORTED quantity)} of a mode (network, refined,
         symmetrized), each map's from its cell (`interval_groups`: noise bin, bin of the estimated log10 M_vir,
-        reported as "none" or not); ones without calibration."""
+        group of the reported class); ones without calibration."""
         if not self.calibration:
             return {level: np.ones((len(sigma_at_input), len(REPORTED))) for level in ("68", "95")}
         if mode not in self._k_tables:
@@ -302,7 +302,9 @@ class Predictor:
         for level, by_group in self._k_tables[mode].items():
             scales[level] = np.empty((len(noise), len(REPORTED)))
             for group, chosen in members.items():
-                scales[level][chosen] = by_group[group][:, noise[chosen], mass[chosen]].T
+                # a card from before 2.6.0 has no "cored" group: its SIDM maps were in "substructure"
+                table = by_group.get(group, by_group[SUBSTRUCTURE])
+                scales[level][chosen] = table[:, noise[chosen], mass[chosen]].T
         return scales
 
     def predict(

@@ -67,6 +67,15 @@ function coverageByMass(blocks, edges) {
       b.coverage_68_by_true_mass[k].map((c) => (c != null ? percent(c) : "–")).join(" / "))]));
 }
 
+/** 68 % coverage by true scenario, on the sets with substructure (SIDM's cored hosts have k of their own). */
+function coverageByScenario(blocks) {
+  const rows = blocks.flatMap(([label, b]) => Object.entries(b.coverage_68_by_true_scenario || {})
+    .map(([scenario, c]) => [label, scenario, ...COVERED.slice(0, 3).map(([k]) => percent(c[k]))]));
+  if (!rows.length) return null;
+  return table("68 % coverage by true scenario (a cored SIDM host's errors are about twice a CDM or WDM host's)",
+    ["set", "scenario", ...COVERED.slice(0, 3).map(([, name]) => name)], rows);
+}
+
 function confusion(matrix, classes) {
   const totals = matrix.map((row) => row.reduce((a, b) => a + b, 0));
   return el("table", { class: "numbers confusion" },
@@ -108,7 +117,7 @@ export function setupModel(panel, ctx) {
         el("h2", {}, `${card.name || "PINN"} ${card.version || ""}`), el("p", {}, card.description || ""),
         el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
         trainingDomain(info?.training_domain), accuracy(blocks), coverage(blocks), coverageByMass(blocks, card.calibration?.mass_bin_edges),
-        matrix ? confusion(matrix, classes) : null,
+        coverageByScenario(blocks), matrix ? confusion(matrix, classes) : null,
         el("div", { class: "card-plots" }, ...(await Promise.all(plots.map(plotFigure)))),
         el("details", {}, el("summary", {}, "The whole card (JSON)"), el("pre", {}, JSON.stringify(card, null, 2))));
       loaded = true;
