@@ -203,8 +203,8 @@ def test_faint_and_massive_halos_alike_are_covered_on_noisy_maps(predictor, name
 @pytest.mark.slow  # 3,000 maps with substructure, 50 MC samples
 def test_cored_and_other_hosts_alike_are_covered_on_maps_with_substructure(predictor):
     """An SIDM host is cored, so its mass and r_s errors are about twice a CDM or WDM host's. With one k for
-    every map reported as carrying substructure (2.5.0's calibration), on clean maps with scenarios M's 68 %
-    interval covered 57 % of SIDM hosts and 86 % of CDM hosts (r_s 50 % and 85 %). Each class group of
+    every map reported as carrying substructure (2.5.0's calibration), on these clean maps with scenarios M's
+    68 % interval covered 57 % of SIDM hosts and 83 % of CDM hosts (r_s 48 % and 83 %). Each class group of
     `interval_groups` (none; CDM or WDM; SIDM) has its own k now: no scenario's hosts may under-cover by more
     than 5 points (plus 2.5 binomial standard errors) in M, r_s or e. CDM and WDM share a k, so CDM's
     intervals may over-cover: by at most 10 points (and the same slack)."""
