@@ -17,14 +17,13 @@ pool the ingress would compute on another device, so the GPU config turns this o
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .metrics import PredictorMetrics
-from .pinn_pool import BATCHING, InferenceFailure, InferenceItem, load_predictor, predict_items, with_serving
+from .pinn_pool import BATCHING, InferenceFailure, InferenceItem, load_predictor, run_items
 from .settings import PredictorSettings
 
 DEVICE = "cpu"
@@ -61,8 +60,5 @@ class LoneMaps:
                 and all(pool_model.get(key) == value for key, value in self.model.items()))
 
     async def infer(self, item: InferenceItem) -> dict | InferenceFailure:
-        started = time.perf_counter()
-        results = await asyncio.to_thread(predict_items, self.predictor, [item], BATCHING.max_mc_work)
-        latency_ms = 1e3 * (time.perf_counter() - started)
-        self._metrics.record_batch(DEVICE, [item.mc_samples], latency_ms)
-        return with_serving(results, DEVICE, latency_ms, "ingress")[0]
+        [result] = await run_items(self.predictor, [item], BATCHING.max_mc_work, self._metrics, DEVICE, "ingress")
+        return result

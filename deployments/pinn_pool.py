@@ -14,9 +14,9 @@ Errors. Bad input (an `InputError` from the library) fails only its own map, as 
 that names the field. Any other exception is our fault: the batch is retried map by map, and a map that
 still fails is reported as an internal failure (logged here), never as the client's.
 
-Shared with the ingress: `InferenceItem` and `InferenceFailure` travel between them; `load_predictor`,
-`predict_items` and `with_serving` also serve `lone_maps.LoneMaps`, which computes a lone map in the
-ingress with the pool's code. The ingress's client of this deployment is `pool_client.PoolClient`.
+Shared with the ingress: `InferenceItem` and `InferenceFailure` travel between them; `load_predictor`
+and `run_items` also serve `lone_maps.LoneMaps`, which computes a lone map in the ingress with the
+pool's code. The ingress's client of this deployment is `pool_client.PoolClient`.
 """
 
 from __future__ import annotations
@@ -104,11 +104,15 @@ def failure_of(exc: Exception) -> InferenceFailure:
     return InferenceFailure(f"inference failed: {type(exc).__name__}")
 
 
-def with_serving(results: list[dict | InferenceFailure], device: str, latency_ms: float,
-                 computed_in: str) -> list[dict | InferenceFailure]:
-    """The results, each tagged with how it was computed (the response's `serving`)."""
-    serving = {"batch_size": len(results), "device": device, "batch_ms": round(latency_ms, 3),
-               "computed_in": computed_in}
+async def run_items(predictor: Predictor, items: list[InferenceItem], max_mc_work: int, metrics: PredictorMetrics,
+                    device: str, computed_in: str) -> list[dict | InferenceFailure]:
+    """Compute maps as one batch in a worker thread (so the replica keeps accepting requests), record the
+    batch's metrics, and tag each result with how it was computed (the response's `serving`)."""
+    started = time.perf_counter()
+    results = await asyncio.to_thread(predict_items, predictor, items, max_mc_work)
+    latency_ms = 1e3 * (time.perf_counter() - started)
+    metrics.record_batch(device, [i.mc_samples for i in items], latency_ms)
+    serving = {"batch_size": len(items), "device": device, "batch_ms": round(latency_ms, 3), "computed_in": computed_in}
     return [r if isinstance(r, InferenceFailure) else r | {"serving": serving} for r in results]
 
 
@@ -158,13 +162,9 @@ class PINNPredictor:
         return await self._run_batch(items)
 
     async def _run_batch(self, items: list[InferenceItem]) -> list[dict | InferenceFailure]:
-        """Compute a batch in a worker thread; record its size and latency; tag results with the batch size."""
-        started = time.perf_counter()
-        results = await asyncio.to_thread(predict_items, self.predictor, items, self.config.max_mc_work)
-        latency_ms = 1e3 * (time.perf_counter() - started)
+        """Compute a batch (`run_items`) and count its size for `settings()`."""
         self.batch_sizes[len(items)] += 1
-        self._metrics.record_batch(self.device, [i.mc_samples for i in items], latency_ms)
-        return with_serving(results, self.device, latency_ms, "pool")
+        return await run_items(self.predictor, items, self.config.max_mc_work, self._metrics, self.device, "pool")
 
     def info(self) -> dict:
         """The model's identity and card summary (the HTTP layer shapes /api/v1/models from it), what each

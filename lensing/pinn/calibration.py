@@ -33,17 +33,12 @@ from .checkpoint import CARD_NAME, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
 from .interval_groups import GROUPS, MASS_BIN_EDGES, NOISE_BIN_EDGES, group_members, mass_bin, noise_bin
-from .predictor import Predictor
+from .predictor import CALIBRATED_MODES, Predictor
 from .preprocess import noise_at_input
 
 CALIBRATION_SAMPLES = 50
 LEVELS = {"68": 0.6827, "95": 0.9545}
 MIN_GROUP_MAPS = 30  # fewest maps whose quantile k is trusted for one cell (group, noise bin, mass bin)
-MODES = {  # the calibrated ways to run the network (predictor.CALIBRATED_MODES): predict_batch options
-    "network": {"refine": False, "symmetrize": False},
-    "refined": {"refine": True, "symmetrize": False},
-    "symmetrized": {"refine": False, "symmetrize": True},
-}
 
 
 def interval_scales(errors: np.ndarray, raw_std: np.ndarray, noise_bins: np.ndarray, mass_bins: np.ndarray,
@@ -84,12 +79,12 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     refined_maps = n_maps if refined_maps is None else min(refined_maps, n_maps)
     counts = {"network": n_maps, "refined": refined_maps, "symmetrized": n_maps}
     rng = np.random.default_rng(seed)
-    errors: dict[str, list] = {mode: [] for mode in MODES}
-    spreads: dict[str, list] = {mode: [] for mode in MODES}
+    errors: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}
+    spreads: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}
     noise: list[np.ndarray] = []
     off_centre: list[np.ndarray] = []
-    probs: dict[str, list] = {mode: [] for mode in MODES}
-    masses: dict[str, list] = {mode: [] for mode in MODES}  # each mode's estimate of log10 M_vir
+    probs: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}
+    masses: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}  # each mode's estimate of log10 M_vir
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
         batch = make_batch(size, rng, recipe)
@@ -99,7 +94,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
         off_centre.append(np.any(truth[:, 3:5] != 0.0, axis=1))
         maps = batch.maps.numpy().astype(np.float64)
         seeds = list(range(start, start + size))
-        for mode, options in MODES.items():
+        for mode, options in CALIBRATED_MODES.items():
             count = min(size, counts[mode] - start)
             if count <= 0:
                 continue
@@ -114,7 +109,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     # a map's cell: its noise bin, its mass and its class probabilities as that mode estimates them (refinement
     # keeps the network's class probabilities; the eight views give their own)
     groups = {mode: (bins[:counts[mode]], mass_bin(np.concatenate(masses[mode])),
-                     group_members(np.concatenate(probs[mode]))) for mode in MODES}
+                     group_members(np.concatenate(probs[mode]))) for mode in CALIBRATED_MODES}
     # A halo exactly on the pixel grid's centre is the same in all eight views, so their average cancels the
     # network's bias in its centre: no real map is centred to the pixel, so the symmetrized centre's k rest
     # on the maps whose halo is off the centre (on all of them, its centred maps' intervals over-cover).
@@ -122,7 +117,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     rows[:, 3:5] = np.concatenate(off_centre)[:, None]
     fitted = {mode: interval_scales(np.concatenate(errors[mode]), np.concatenate(spreads[mode]), *groups[mode],
                                     rows if mode == "symmetrized" else None)
-              for mode in MODES}
+              for mode in CALIBRATED_MODES}
     return {
         "method": "interval = centre +/- k * spread in (log10 M, log10 r_s, e, centre kpc); spread = "
                   "sqrt(MC Dropout std^2 + learned per-map spread^2) (network; symmetrized: over the pooled "

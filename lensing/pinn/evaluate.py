@@ -29,12 +29,12 @@ from ..halo import duffy_concentration, r200_from_mass
 from ..limits import ELLIPTICITY
 from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS, SCENARIOS
 from ..synthetic import NO_SCENARIO, HostBatch
-from .calibration import LEVELS, MODES
+from .calibration import LEVELS
 from .checkpoint import CARD_NAME, PACKAGE_WEIGHTS_DIR, WEIGHTS_NAME, write_card
 from .data import DataRecipe, make_batch
 from .encoding import REPORTED, reported_array
 from .interval_groups import MASS_BIN_EDGES, mass_bin
-from .predictor import MapGeometry, Predictor
+from .predictor import CALIBRATED_MODES, MapGeometry, Predictor
 
 OTHER_GEOMETRY = MapGeometry(fov_kpc=750.0, z_lens=0.35, z_source=1.2)
 CHUNK = 250
@@ -262,7 +262,7 @@ def evaluate(
     for offset, (name, spec) in enumerate(EVALUATION_SETS.items()):
         size = (n_scenarios or n) if spec.classification else n
         for mode in spec.modes:
-            arrays = run_set(predictor, size, seed + offset, spec, mc_samples, **MODES[mode])
+            arrays = run_set(predictor, size, seed + offset, spec, mc_samples, **CALIBRATED_MODES[mode])
             block = summarise_set(arrays)
             block["coverage_within_goal"] = coverage_goals_met(block)
             block["goals_apply"] = spec.goals_apply

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..scenarios import CLASS_NAMES, NO_SUBSTRUCTURE, NONE_CLASS
+from ..scenarios import NO_SUBSTRUCTURE, NONE_CLASS, SCENARIO_CLASS
 
 # noiseless (an estimate of a clean map stays below 5e-5; sigma 0.0005 estimates above 4.8e-4), faint, low,
 # moderate, high. Faint noise has a bin of its own: the training mixture's noisy maps start at sigma 0.001,
@@ -34,7 +34,6 @@ CORED = "cored"  # the group of maps reported as SIDM
 GROUPS = {NO_SUBSTRUCTURE: "maps whose most probable class is 'none'",
           SUBSTRUCTURE: "maps whose most probable class is 'CDM' or 'WDM'",
           CORED: "maps whose most probable class is 'SIDM' (a cored host)"}
-SIDM_CLASS = CLASS_NAMES.index("SIDM")
 
 
 def bin_index(values, edges: Sequence[float]) -> np.ndarray:
@@ -55,5 +54,5 @@ def mass_bin(log10_mass, edges: Sequence[float] = MASS_BIN_EDGES) -> np.ndarray:
 def group_members(class_probs: np.ndarray) -> dict[str, np.ndarray]:
     """{group: (B,) bool}: the maps of each group of `GROUPS`, by their most probable class."""
     reported = np.asarray(class_probs).argmax(axis=1)
-    none, cored = reported == NONE_CLASS, reported == SIDM_CLASS
+    none, cored = reported == NONE_CLASS, reported == SCENARIO_CLASS["SIDM"]
     return {NO_SUBSTRUCTURE: none, SUBSTRUCTURE: ~none & ~cored, CORED: cored}

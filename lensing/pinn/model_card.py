@@ -18,6 +18,7 @@ def _table(rows: list[list[str]]) -> str:
 
 SHORT_NAMES = {"log10_M_vir": "M", "log10_r_s": "r_s", "ellipticity": "e", "center_x_kpc": "x_c",
                "center_y_kpc": "y_c"}
+HOST_QUANTITIES = ("log10_M_vir", "log10_r_s", "ellipticity")  # the host's parameters, in REPORTED's order
 
 
 def _compact_json(value: object) -> str:
@@ -80,12 +81,12 @@ def _metrics_section(metrics: dict) -> str:
 
 def _coverage_by_mass_section(sets: dict) -> str:
     """68 % coverage of M, r_s and e by true-mass quarter of the box, network alone, per set."""
-    quantities = ("log10_M_vir", "log10_r_s", "ellipticity")
-    rows = [["set", *(f"{SHORT_NAMES[q]} by mass" for q in quantities)]]
+    rows = [["set", *(f"{SHORT_NAMES[q]} by mass" for q in HOST_QUANTITIES)]]
     for name, modes in sets.items():
         by_mass = modes.get("network", {}).get("coverage_68_by_true_mass")
         if by_mass:
-            rows.append([name, *(" / ".join("-" if c is None else f"{c:.2f}" for c in by_mass[q]) for q in quantities)])
+            rows.append([name, *(" / ".join("-" if c is None else f"{c:.2f}" for c in by_mass[q])
+                                 for q in HOST_QUANTITIES)])
     if len(rows) == 1:
         return ""
     edges = [f"10^{edge:g}" for edge in MASS_BIN_EDGES]
@@ -97,11 +98,10 @@ def _coverage_by_mass_section(sets: dict) -> str:
 
 def _coverage_by_scenario_section(sets: dict) -> str:
     """68 % coverage of M, r_s and e by true scenario, network alone, on the sets with substructure."""
-    quantities = ("log10_M_vir", "log10_r_s", "ellipticity")
-    rows = [["set", "scenario", *(SHORT_NAMES[q] for q in quantities)]]
+    rows = [["set", "scenario", *(SHORT_NAMES[q] for q in HOST_QUANTITIES)]]
     for name, modes in sets.items():
         for scenario, coverage in modes.get("network", {}).get("coverage_68_by_true_scenario", {}).items():
-            rows.append([name, scenario, *(f"{coverage[q]:.2f}" for q in quantities)])
+            rows.append([name, scenario, *(f"{coverage[q]:.2f}" for q in HOST_QUANTITIES)])
     if len(rows) == 1:
         return ""
     return ("68 % coverage by true scenario, network alone: a cored (SIDM) host's errors are about twice a CDM "

@@ -42,7 +42,7 @@ from .encoding import (
     reported_std_from_covariance,
     spread_units,
 )
-from .interval_groups import SUBSTRUCTURE, group_members, mass_bin, noise_bin
+from .interval_groups import GROUPS, SUBSTRUCTURE, group_members, mass_bin, noise_bin
 from .model import PINN
 from .preprocess import noise_at_input, noise_feature, prepare_input
 from .refine import refine_theta
@@ -67,7 +67,11 @@ OUTPUT_PARAMETERS = ("M_vir", "r_s", "ellipticity", "position_angle", "concentra
                      "center_y_kpc")
 INTERVAL_PARAMETERS = ("M_vir", "r_s", "ellipticity", "center_x_kpc", "center_y_kpc")  # order matches REPORTED
 NOISE_SOURCES = ("given", "estimated")
-CALIBRATED_MODES = ("network", "refined", "symmetrized")  # the ways to run it that `calibration` fits
+CALIBRATED_MODES = {  # the ways to run the network that `calibration` fits: predict_batch options
+    "network": {"refine": False, "symmetrize": False},
+    "refined": {"refine": True, "symmetrize": False},
+    "symmetrized": {"refine": False, "symmetrize": True},
+}
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -302,9 +306,7 @@ class Predictor:
         for level, by_group in self._k_tables[mode].items():
             scales[level] = np.empty((len(noise), len(REPORTED)))
             for group, chosen in members.items():
-                # a card from before 2.6.0 has no "cored" group: its SIDM maps were in "substructure"
-                table = by_group.get(group, by_group[SUBSTRUCTURE])
-                scales[level][chosen] = table[:, noise[chosen], mass[chosen]].T
+                scales[level][chosen] = by_group[group][:, noise[chosen], mass[chosen]].T
         return scales
 
     def predict(
@@ -400,9 +402,11 @@ def _physical(centre: np.ndarray, half68: np.ndarray | None, half95: np.ndarray 
 
 def _k_tables(calibration: dict | None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """{mode: {level: {group: k array (REPORTED, noise bins, mass bins)}}} of a card's calibration, read once
-    rather than on every predict call (the card stores them as nested lists per quantity)."""
-    return {mode: {level: {group: np.array([by_quantity[name] for name in REPORTED])
-                           for group, by_quantity in by_group.items()}
+    rather than on every predict call (the card stores them as nested lists per quantity), with a table for
+    every group of `GROUPS`: a card from before 2.6.0 has no "cored" group, and its SIDM maps were in
+    "substructure", so they take that group's k."""
+    return {mode: {level: {group: np.array([by_group.get(group, by_group[SUBSTRUCTURE])[name] for name in REPORTED])
+                           for group in GROUPS}
                    for level, by_group in calibration[mode].items()}
             for mode in CALIBRATED_MODES if calibration and mode in calibration}
 
