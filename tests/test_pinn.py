@@ -34,6 +34,7 @@ from lensing.pinn.refine import THETA_BOX, refine_theta
 from lensing.pinn.sampling import dropout_masks, sample_theta
 from lensing.pinn.train import load_config, train
 from lensing.scenarios import SCENARIOS
+from lensing.synthetic import sample_hosts
 from tests.rounding import close_up_to_round_off
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +219,36 @@ def test_cored_and_other_hosts_alike_are_covered_on_maps_with_substructure(predi
         report = (scenario, dict(zip(REPORTED, covered)), slack)
         assert np.all(covered >= NOMINAL["68"] - 0.05 - slack), report
         assert np.all(covered <= NOMINAL["68"] + 0.10 + slack), report
+
+
+@pytest.mark.xfail(strict=True, reason="missed by the shipped 2.6 network: 52 % (median error -0.06); a network "
+                   "trained to e = 0.7 reached 66 % but lost accuracy on noisy maps (docs/design.md section 5)")
+def test_noisy_hosts_near_the_top_of_the_ellipticity_box_are_covered(predictor):
+    """Trained on e up to the API box's 0.5, a noisy map of a host near 0.5 has its e pulled towards the middle
+    of what the network has seen: at sigma 0.02 the 68 % interval covers 52 % of hosts with e in [0.375, 0.5],
+    the one region the 4,000-map sweep flags. Their e should be covered within 5 points of 68 % (plus 2.5
+    binomial standard errors), as on average over the box."""
+    n, geometry = 400, MapGeometry()
+    rng = np.random.default_rng(HELD_OUT_SEED + 500)
+    hosts = sample_hosts(n, rng, scenario_probability=0.75, ellipticity_range=(0.375, 0.5))
+    batch = make_batch(n, rng, DataRecipe(), geometry=geometry.lens, fov_kpc=geometry.fov_kpc, noise_sigma=0.02,
+                       hosts=hosts)
+    result = predictor.predict_batch(batch.maps.numpy().astype(np.float64), geometry, 50, False,
+                                     seed=list(range(HELD_OUT_SEED, HELD_OUT_SEED + n)))
+    truth = hosts.ellipticity
+    covered = float(np.mean(np.abs(result.centre[:, 2] - truth) <= result.half68[:, 2]))
+    assert covered >= NOMINAL["68"] - 0.05 - _binomial_slack(NOMINAL["68"], n), covered
+
+
+def test_a_recipe_past_the_api_box_trains_there_but_calibrates_on_the_box():
+    """`ellipticity_range` widens the training hosts' e; the calibration's maps stay within the API box, whose
+    halos are the ones the intervals are claimed for."""
+    wide = DataRecipe(ellipticity_range=(0.0, 0.7))
+    trained = make_batch(300, np.random.default_rng(1), wide, noise_sigma=0.0, scenario_fraction=0.0).hosts
+    calibrated = make_batch(300, np.random.default_rng(1), wide.within_api_box(), noise_sigma=0.0,
+                            scenario_fraction=0.0).hosts
+    assert trained.ellipticity.max() > 0.6 and calibrated.ellipticity.max() <= 0.5
+    assert wide.within_api_box() == DataRecipe()
 
 
 def test_a_card_from_before_the_cored_group_gives_sidm_maps_the_substructure_k(predictor):

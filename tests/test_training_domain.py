@@ -42,6 +42,7 @@ def test_the_domain_is_the_training_box_at_the_default_geometry_in_the_network_t
     recipe = DataRecipe.from_dict(card["data_recipe"])
     domain = TrainingDomain.from_card(card)
     assert domain.noise_sigma_max == recipe.noise_range[1] and domain.max_offset == recipe.max_offset
+    assert domain.ellipticity.endpoints == recipe.ellipticity_range
     assert (domain.r_s_fraction.low, domain.r_s_fraction.high) == (0.05, 0.5)  # r_s 50-500 kpc of 1000 kpc
     corners = kappa_s_of(np.array([1e11, 1e14]), np.array([500.0, 50.0]), lens_geometry())
     assert (domain.kappa_s.low, domain.kappa_s.high) == pytest.approx(tuple(corners), rel=1e-9)

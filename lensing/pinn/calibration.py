@@ -71,7 +71,8 @@ def interval_scales(errors: np.ndarray, raw_std: np.ndarray, noise_bins: np.ndar
 def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed: int, refined_maps: int | None = None,
                     chunk: int = 125) -> dict:
     """Fit interval scales for 'network' and 'symmetrized' (on `n_maps` validation maps from the training
-    mixture) and 'refined' mode (on the first `refined_maps` of them; default all).
+    mixture, its hosts within the API box: `DataRecipe.within_api_box`) and 'refined' mode (on the first
+    `refined_maps` of them; default all).
 
     The maps go through the Predictor without calibration, whose half-widths are then the raw spreads.
     """
@@ -87,7 +88,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     masses: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}  # each mode's estimate of log10 M_vir
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
-        batch = make_batch(size, rng, recipe)
+        batch = make_batch(size, rng, recipe.within_api_box())
         lens = batch.geometries[0]
         geometry = MapGeometry(float(batch.fov_kpc[0]), lens.z_lens, lens.z_source)
         truth = reported_array(batch.theta.double().numpy(), lens, geometry.fov_kpc)

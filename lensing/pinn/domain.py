@@ -5,8 +5,9 @@ theta (kappa_s, r_s as a fraction of the field, e, the centre as a fraction of t
 geometry whose map looks like a training map is inside. The domain is the training box at the default
 geometry in those terms (the bulk of the training maps; the random geometries of a quarter of them add
 thin tails that the network did not learn): r_s between 0.05 and 0.5 of the field, kappa_s over the box
-(M_vir, r_s) there, e up to 0.5, halos at most `max_offset` of the field off centre, and noise up to the
-recipe's largest sigma at the network's input resolution. Measured (`lensing evaluate`, the galaxy-halo
+(M_vir, r_s) there, e over the recipe's range (the API box's 0 to 0.5 for the shipped weights), halos at
+most `max_offset` of the field off centre, and noise up to the recipe's largest sigma at the network's
+input resolution. Measured (`lensing evaluate`, the galaxy-halo
 sets): Duffy galaxy halos in a 1000 kpc field (r_s 0.01-0.05 of it; 95 % flagged outside) come out 0.13 dex
 off in M_vir with 68 % intervals that cover 8 %; the same halos in a 250 kpc field (99 % inside) are as
 accurate as the headline set.
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..cosmology import lens_geometry
 from ..grid import DEFAULT_FOV_KPC
-from ..limits import ELLIPTICITY, MASS, SCALE_RADIUS, Range
+from ..limits import MASS, SCALE_RADIUS, Range
 from ..synthetic import kappa_s_of
 from .data import DataRecipe
 
@@ -47,8 +48,8 @@ class TrainingDomain:
         return cls(
             kappa_s=Range(float(kappa_s.min()), float(kappa_s.max())),
             r_s_fraction=Range(SCALE_RADIUS.low / DEFAULT_FOV_KPC, SCALE_RADIUS.high / DEFAULT_FOV_KPC),
-            ellipticity=ELLIPTICITY, max_offset=recipe.max_offset, noise_sigma_max=recipe.noise_range[1],
-            input_size=recipe.grid_size,
+            ellipticity=Range(*recipe.ellipticity_range), max_offset=recipe.max_offset,
+            noise_sigma_max=recipe.noise_range[1], input_size=recipe.grid_size,
         )
 
     @classmethod
