@@ -80,6 +80,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     refined_maps = n_maps if refined_maps is None else min(refined_maps, n_maps)
     counts = {"network": n_maps, "refined": refined_maps, "symmetrized": n_maps}
     rng = np.random.default_rng(seed)
+    box = recipe.within_api_box()
     errors: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}
     spreads: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}
     noise: list[np.ndarray] = []
@@ -88,7 +89,7 @@ def fit_calibration(predictor: Predictor, recipe: DataRecipe, n_maps: int, seed:
     masses: dict[str, list] = {mode: [] for mode in CALIBRATED_MODES}  # each mode's estimate of log10 M_vir
     for start in range(0, n_maps, chunk):
         size = min(chunk, n_maps - start)
-        batch = make_batch(size, rng, recipe.within_api_box())
+        batch = make_batch(size, rng, box)
         lens = batch.geometries[0]
         geometry = MapGeometry(float(batch.fov_kpc[0]), lens.z_lens, lens.z_source)
         truth = reported_array(batch.theta.double().numpy(), lens, geometry.fov_kpc)
